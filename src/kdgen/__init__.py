@@ -1,0 +1,1 @@
+"""kdgen: train deep networks in generations with tolerant teachers."""

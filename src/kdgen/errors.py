@@ -1,0 +1,23 @@
+"""The errors kdgen raises for bad input; the CLI turns each into one line and exit status 2."""
+
+from __future__ import annotations
+
+
+class KdgenError(Exception):
+    """Base class of every user-facing kdgen error."""
+
+
+class ConfigError(KdgenError, ValueError):
+    """A configuration key, type or value is wrong."""
+
+
+class DataError(KdgenError):
+    """A data set is missing, unreadable, corrupt or malformed."""
+
+
+class CheckpointError(KdgenError):
+    """A checkpoint is corrupt or does not match the model or run it is loaded into."""
+
+
+class RunDirError(KdgenError):
+    """A run folder cannot be used as asked (it holds results, or another config)."""
