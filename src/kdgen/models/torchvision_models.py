@@ -1,0 +1,105 @@
+"""Torchvision classification models (``tv:<name>``) behind the kdgen model interface.
+
+The model is built with ``torchvision.models.get_model(name, weights=None, num_classes=...)``.
+Its final ``nn.Linear`` (the last one registered, which must output ``num_classes``) is moved
+to the wrapper's ``fc`` and replaced by ``nn.Identity`` in place, so the remaining body
+computes exactly what that Linear received: the penultimate features. For ``in_channels != 3``
+the first ``nn.Conv2d`` with 3 input channels is swapped for a fresh one with the same
+hyper-parameters and the requested number of input channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdgen.errors import ConfigError
+from kdgen.models.registry import unknown_name_error
+
+PREFIX = "tv:"
+# Models whose auxiliary classifiers would make the training-mode output a tuple.
+_NO_AUX = frozenset({"googlenet", "inception_v3"})
+
+
+def torchvision_names() -> list[str]:
+    """Names of torchvision's classification models (``torchvision.models`` only)."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The dotted name and module of the last ``nn.Linear`` registered in ``model``."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def _set_submodule(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    """Replace the submodule at ``dotted`` (e.g. ``classifier.1``) with ``new``."""
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _swap_input_conv(model: nn.Module, in_channels: int, name: str) -> None:
+    """Replace the first 3-channel ``nn.Conv2d`` with one taking ``in_channels`` channels."""
+    for dotted, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and module.in_channels == 3:
+            conv = nn.Conv2d(
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                dilation=module.dilation,
+                groups=module.groups,
+                bias=module.bias is not None,
+                padding_mode=module.padding_mode,
+            )
+            _set_submodule(model, dotted, conv)
+            return
+    raise ConfigError(f"tv:{name} has no 3-channel nn.Conv2d to adapt to in_channels={in_channels}")
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision model split into ``body`` (features) and ``fc`` (its final Linear)."""
+
+    def __init__(self, body: nn.Module, fc: nn.Linear) -> None:
+        super().__init__()
+        self.body = body
+        self.fc = fc
+        self.num_features = fc.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the final Linear's input), shape ``(N, num_features)``."""
+        return torch.flatten(self.body(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape ``(N, num_classes)``."""
+        return self.fc(self.forward_features(x))
+
+
+def create_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build torchvision's ``name`` (no weights) as a :class:`TorchvisionClassifier`."""
+    import torchvision
+
+    names = torchvision_names()
+    if name not in names:
+        candidates = [PREFIX + n for n in names]
+        raise unknown_name_error("torchvision model", PREFIX + name, candidates)
+    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+    if name in _NO_AUX:
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    model = torchvision.models.get_model(name, **kwargs)
+    if in_channels != 3:
+        _swap_input_conv(model, in_channels, name)
+    found = _last_linear(model)
+    if found is None or found[1].out_features != num_classes:
+        raise ConfigError(f"tv:{name} has no final nn.Linear classifier; kdgen cannot use it")
+    dotted, fc = found
+    _set_submodule(model, dotted, nn.Identity())
+    return TorchvisionClassifier(model, fc)
