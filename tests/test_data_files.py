@@ -1,0 +1,503 @@
+"""Tests of the CIFAR-100 and Fashion-MNIST file loaders, downloads and safe tar extraction."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import pickle
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdgen.data.cifar import CIFAR100_MEAN, CIFAR100_STD, CIFAR100_URL, load_cifar100
+from kdgen.data.download import download_file, safe_extract_tar
+from kdgen.data.fashion_mnist import DEBIAN_DIR, FILES, load_fashion_mnist
+from kdgen.errors import DataError
+
+NUM_FINE = 100
+NUM_COARSE = 20
+COARSE_OF_FINE = [(7 * fine) % NUM_COARSE for fine in range(NUM_FINE)]
+
+
+# ---------------------------------------------------------------- CIFAR-100 fixture writer
+
+
+def _cifar_entry(per_class: int, seed: int) -> dict[bytes, object]:
+    """One split in the official layout: bytes keys, N x 3072 uint8 data, label lists."""
+    rng = np.random.default_rng(seed)
+    fine = np.repeat(np.arange(NUM_FINE), per_class)
+    rng.shuffle(fine)
+    data = rng.integers(0, 256, size=(fine.size, 3072), dtype=np.uint8)
+    coarse = [COARSE_OF_FINE[f] for f in fine.tolist()]
+    return {
+        b"filenames": [f"img_{i}.png".encode() for i in range(fine.size)],
+        b"data": data,
+        b"fine_labels": fine.tolist(),
+        b"coarse_labels": coarse,
+    }
+
+
+def _dump(path: Path, obj: object, protocol: int = 2) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+def write_cifar100(
+    folder: Path, n_train: int = 2, n_test: int = 1, seed: int = 0, protocol: int = 2
+) -> Path:
+    """Write a tiny CIFAR-100 (``n_train``/``n_test`` images per class) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _dump(folder / "train", _cifar_entry(n_train, seed), protocol)
+    _dump(folder / "test", _cifar_entry(n_test, seed + 1), protocol)
+    meta = {
+        b"fine_label_names": [f"fine{i}".encode() for i in range(NUM_FINE)],
+        b"coarse_label_names": [f"coarse{i}".encode() for i in range(NUM_COARSE)],
+    }
+    _dump(folder / "meta", meta, protocol)
+    return folder
+
+
+def write_cifar100_tarball(path: Path, work: Path) -> Path:
+    """An official-style ``cifar-100-python.tar.gz`` at ``path``."""
+    folder = write_cifar100(work / "cifar-100-python")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-100-python")
+    return path
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _check_cifar(dataset, n_train: int = 2, n_test: int = 1) -> None:
+    assert dataset.train.images.shape == (NUM_FINE * n_train, 3, 32, 32)
+    assert dataset.test.images.shape == (NUM_FINE * n_test, 3, 32, 32)
+    assert dataset.train.images.dtype == torch.uint8
+    assert dataset.train.labels.dtype == torch.int64
+    assert dataset.num_classes == NUM_FINE
+    assert dataset.class_names[3] == "fine3"
+    assert dataset.coarse_names == [f"coarse{i}" for i in range(NUM_COARSE)]
+    assert dataset.coarse_of_fine == COARSE_OF_FINE
+    assert dataset.mean == CIFAR100_MEAN
+    assert dataset.std == CIFAR100_STD
+
+
+# ---------------------------------------------------------------- CIFAR-100 loading
+
+
+def test_cifar100_from_official_folder(tmp_path: Path) -> None:
+    write_cifar100(tmp_path / "cifar-100-python")
+    dataset = load_cifar100(tmp_path)
+    _check_cifar(dataset)
+    entry = _cifar_entry(2, 0)
+    data = entry[b"data"]
+    # Row-major RGB planes: pixel (c, h, w) is byte c*1024 + h*32 + w of a row.
+    assert int(dataset.train.images[5, 2, 3, 4]) == int(data[5, 2 * 1024 + 3 * 32 + 4])
+    assert dataset.train.labels.tolist() == entry[b"fine_labels"]
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar100_files_in_root_itself(tmp_path: Path, protocol: int) -> None:
+    write_cifar100(tmp_path, protocol=protocol)
+    _check_cifar(load_cifar100(str(tmp_path)))
+
+
+def test_cifar100_from_tarball(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_cifar100_tarball(root / "cifar-100-python.tar.gz", tmp_path / "work")
+    _check_cifar(load_cifar100(root))
+    assert (root / "cifar-100-python" / "meta").is_file()
+
+
+def test_cifar100_default_root_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_cifar100(tmp_path / "cifar-100-python")
+    monkeypatch.setenv("KDGEN_DATA", str(tmp_path))
+    _check_cifar(load_cifar100(None))
+
+
+def test_cifar100_missing_names_url_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_cifar100(tmp_path)
+    message = str(info.value)
+    assert CIFAR100_URL in message
+    assert "data.download=true" in message
+    assert str(tmp_path) in message
+    assert "\n" not in message
+
+
+def test_cifar100_truncated_pickle(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    raw = (folder / "train").read_bytes()
+    (folder / "train").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="train"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_garbage_pickle(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    (folder / "meta").write_bytes(b"this is not a pickle at all")
+    with pytest.raises(DataError, match="meta"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_refuses_foreign_pickle_globals(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    _dump(folder / "meta", {b"fine_label_names": functools.partial(print, "pwned")})
+    with pytest.raises(DataError, match="not allowed"):
+        load_cifar100(tmp_path)
+
+
+def _rewrite_train(folder: Path, **changes: object) -> None:
+    entry = _cifar_entry(2, 0)
+    entry.update({key.encode(): value for key, value in changes.items()})
+    _dump(folder / "train", entry)
+
+
+def test_cifar100_bad_data_length(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    _rewrite_train(folder, data=np.zeros(3072 * 200 - 5, dtype=np.uint8))
+    with pytest.raises(DataError, match="multiple of 3072"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_missing_key(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    entry = _cifar_entry(2, 0)
+    del entry[b"coarse_labels"]
+    _dump(folder / "train", entry)
+    with pytest.raises(DataError, match="coarse_labels"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_label_out_of_range(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    labels = _cifar_entry(2, 0)[b"fine_labels"]
+    labels[0] = NUM_FINE
+    _rewrite_train(folder, fine_labels=labels)
+    with pytest.raises(DataError, match=r"\[0, 99\]"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_label_count_mismatch(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    _rewrite_train(folder, fine_labels=_cifar_entry(2, 0)[b"fine_labels"][:-1])
+    with pytest.raises(DataError, match="199 labels for 200 images"):
+        load_cifar100(tmp_path)
+
+
+def test_cifar100_inconsistent_coarse_mapping(tmp_path: Path) -> None:
+    folder = write_cifar100(tmp_path / "cifar-100-python")
+    entry = _cifar_entry(2, 0)
+    index = entry[b"fine_labels"].index(0)
+    entry[b"coarse_labels"][index] = (COARSE_OF_FINE[0] + 1) % NUM_COARSE
+    _dump(folder / "train", entry)
+    with pytest.raises(DataError, match="fine class 0 appears with several coarse"):
+        load_cifar100(tmp_path)
+
+
+# ---------------------------------------------------------------- local HTTP server
+
+
+@pytest.fixture
+def http_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    """Serve a fresh folder over HTTP on 127.0.0.1 (ephemeral port); yield (base URL, folder)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_cifar100_download_checksum_ok(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, served = http_root
+    archive = write_cifar100_tarball(served / "cifar-100-python.tar.gz", tmp_path / "work")
+    root = tmp_path / "root"
+    dataset = load_cifar100(
+        root, download=True, url=f"{base_url}/cifar-100-python.tar.gz", md5=_md5(archive)
+    )
+    _check_cifar(dataset)
+    assert _md5(root / "cifar-100-python.tar.gz") == _md5(archive)
+
+
+def test_cifar100_download_checksum_mismatch(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, served = http_root
+    write_cifar100_tarball(served / "cifar-100-python.tar.gz", tmp_path / "work")
+    root = tmp_path / "root"
+    with pytest.raises(DataError, match="checksum mismatch") as info:
+        load_cifar100(
+            root, download=True, url=f"{base_url}/cifar-100-python.tar.gz", md5="0" * 32
+        )
+    assert "0" * 32 in str(info.value)
+    assert list(root.iterdir()) == []
+
+
+def test_download_file_sha256(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, served = http_root
+    payload = b"kdgen" * 100_000
+    (served / "blob.bin").write_bytes(payload)
+    digest = hashlib.sha256(payload).hexdigest()
+    dest = tmp_path / "out" / "blob.bin"
+    assert download_file(f"{base_url}/blob.bin", dest, sha256=digest.upper()) == dest
+    assert dest.read_bytes() == payload
+    # SHA-256 wins over a (wrong) MD5 when both are given.
+    download_file(f"{base_url}/blob.bin", tmp_path / "again.bin", sha256=digest, md5="0" * 32)
+
+
+def test_download_file_sha256_mismatch_leaves_nothing(
+    tmp_path: Path, http_root: tuple[str, Path]
+) -> None:
+    base_url, served = http_root
+    (served / "blob.bin").write_bytes(b"payload")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="expected sha256 ") as info:
+        download_file(f"{base_url}/blob.bin", out / "blob.bin", sha256="ab" * 32)
+    assert hashlib.sha256(b"payload").hexdigest() in str(info.value)
+    assert list(out.iterdir()) == []
+
+
+def test_download_file_http_error(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, _ = http_root
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="cannot download"):
+        download_file(f"{base_url}/missing.tar.gz", out / "missing.tar.gz")
+    assert list(out.iterdir()) == []
+
+
+# ---------------------------------------------------------------- safe tar extraction
+
+
+def _tar_with(path: Path, member: tarfile.TarInfo, payload: bytes = b"evil") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        safe = tarfile.TarInfo("ok.txt")
+        safe.size = 2
+        tar.addfile(safe, io.BytesIO(b"ok"))
+        if member.isfile():
+            member.size = len(payload)
+            tar.addfile(member, io.BytesIO(payload))
+        else:
+            tar.addfile(member)
+    return path
+
+
+def _symlink(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("../evil"),
+        tarfile.TarInfo("sub/../../evil"),
+        tarfile.TarInfo("/tmp/kdgen-absolute-evil"),
+        _symlink("link", "../outside"),
+        _symlink("link", "/etc/passwd"),
+        _symlink("sub/link", "../../outside"),
+        _symlink("hard", "../outside", tarfile.LNKTYPE),
+        _symlink("fifo", "", tarfile.FIFOTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "symlink-abs", "nested-symlink",
+         "hardlink", "fifo"],
+)
+def test_safe_extract_refuses_escapes(tmp_path: Path, member: tarfile.TarInfo) -> None:
+    archive = _tar_with(tmp_path / "bad.tar.gz", member)
+    target = tmp_path / "a" / "target"
+    with pytest.raises(DataError, match="unsafe"):
+        safe_extract_tar(archive, target)
+    assert list(target.iterdir()) == []  # refused before anything was written
+    assert not (tmp_path / "a" / "evil").exists()
+    assert not Path("/tmp/kdgen-absolute-evil").exists()
+
+
+def test_safe_extract_allows_inner_links(tmp_path: Path) -> None:
+    archive = _tar_with(tmp_path / "good.tar.gz", _symlink("sub/link", "../ok.txt"))
+    safe_extract_tar(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "sub" / "link").read_bytes() == b"ok"
+
+
+def test_safe_extract_truncated_archive(tmp_path: Path) -> None:
+    archive = write_cifar100_tarball(tmp_path / "full.tar.gz", tmp_path / "work")
+    raw = archive.read_bytes()
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        safe_extract_tar(truncated, tmp_path / "out")
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        safe_extract_tar(garbage, tmp_path / "out")
+
+
+def test_cifar100_corrupt_tarball_in_root(tmp_path: Path) -> None:
+    (tmp_path / "cifar-100-python.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(DataError, match=r"cifar-100-python\.tar\.gz"):
+        load_cifar100(tmp_path)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def _idx_images(count: int, seed: int, rows: int = 28, magic: int = 2051) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (count, rows, 28), dtype=np.uint8)
+    header = np.array([magic, count, rows, 28], dtype=">u4").tobytes()
+    return header + pixels.tobytes()
+
+
+def _idx_labels(labels: list[int], magic: int = 2049) -> bytes:
+    return np.array([magic, len(labels)], dtype=">u4").tobytes() + bytes(labels)
+
+
+def _write(path: Path, data: bytes, gz: bool) -> None:
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+def write_fashion_mnist(
+    folder: Path, gz: bool = False, n_train: int = 20, n_test: int = 10
+) -> Path:
+    """Write tiny idx files with labels cycling through 0..9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(folder / FILES["train_images"], _idx_images(n_train, 0), gz)
+    _write(folder / FILES["train_labels"], _idx_labels([i % 10 for i in range(n_train)]), gz)
+    _write(folder / FILES["test_images"], _idx_images(n_test, 1), gz)
+    _write(folder / FILES["test_labels"], _idx_labels([(3 * i) % 10 for i in range(n_test)]), gz)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_fashion_mnist_loads(tmp_path: Path, gz: bool) -> None:
+    write_fashion_mnist(tmp_path, gz=gz)
+    dataset = load_fashion_mnist(tmp_path, system_dirs=())
+    assert dataset.train.images.shape == (20, 1, 28, 28)
+    assert dataset.test.images.shape == (10, 1, 28, 28)
+    assert dataset.train.images.dtype == torch.uint8
+    assert dataset.train.labels.dtype == torch.int64
+    assert dataset.train.labels.tolist() == [i % 10 for i in range(20)]
+    pixels = np.frombuffer(_idx_images(20, 0)[16:], dtype=np.uint8).reshape(20, 1, 28, 28)
+    assert torch.equal(dataset.train.images, torch.from_numpy(pixels.copy()))
+    assert dataset.class_names[0] == "T-shirt/top"
+    assert dataset.class_names[9] == "Ankle boot"
+    assert dataset.mean == (0.2860,)
+    assert dataset.std == (0.3530,)
+    groups = {
+        coarse: {dataset.class_names[f] for f, c in enumerate(dataset.coarse_of_fine) if c == i}
+        for i, coarse in enumerate(dataset.coarse_names)
+    }
+    assert groups == {
+        "tops": {"T-shirt/top", "Pullover", "Coat", "Shirt"},
+        "dress-and-trouser": {"Dress", "Trouser"},
+        "footwear": {"Sandal", "Sneaker", "Ankle boot"},
+        "bag": {"Bag"},
+    }
+
+
+@pytest.mark.parametrize("sub", ["fashion-mnist", "FashionMNIST/raw"])
+def test_fashion_mnist_subfolders(tmp_path: Path, sub: str) -> None:
+    write_fashion_mnist(tmp_path / sub, gz=True)
+    dataset = load_fashion_mnist(tmp_path, system_dirs=())
+    assert dataset.extra["folder"] == str(tmp_path / sub)
+
+
+def test_fashion_mnist_system_dir_fallback(tmp_path: Path) -> None:
+    system = write_fashion_mnist(tmp_path / "system")
+    dataset = load_fashion_mnist(tmp_path / "empty", system_dirs=[system])
+    assert len(dataset.train) == 20
+
+
+def test_fashion_mnist_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist(tmp_path, system_dirs=[tmp_path / "sys"])
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "data.root=" in message
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert str(tmp_path / "sys") in message
+
+
+def test_fashion_mnist_bad_magic(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path)
+    (folder / FILES["train_images"]).write_bytes(_idx_images(20, 0, magic=2049))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*magic number 2049"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+def test_fashion_mnist_truncated(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path)
+    (folder / FILES["test_images"]).write_bytes(_idx_images(10, 1)[:-100])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+    (folder / FILES["test_images"]).write_bytes(b"\x00\x00")
+    with pytest.raises(DataError, match="shorter than the idx header"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+def test_fashion_mnist_truncated_gzip(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path, gz=True)
+    path = folder / (FILES["train_images"] + ".gz")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+def test_fashion_mnist_wrong_image_size(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path)
+    (folder / FILES["train_images"]).write_bytes(_idx_images(20, 0, rows=27))
+    with pytest.raises(DataError, match="27x28"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+def test_fashion_mnist_count_mismatch(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path)
+    (folder / FILES["train_labels"]).write_bytes(_idx_labels([1] * 19))
+    with pytest.raises(DataError, match="19 labels for 20 images"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+def test_fashion_mnist_label_out_of_range(tmp_path: Path) -> None:
+    folder = write_fashion_mnist(tmp_path)
+    (folder / FILES["test_labels"]).write_bytes(_idx_labels([0] * 9 + [10]))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.*label 10 out of range"):
+        load_fashion_mnist(tmp_path, system_dirs=())
+
+
+@pytest.mark.skipif(
+    not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
+def test_fashion_mnist_real_debian_files(tmp_path: Path) -> None:
+    dataset = load_fashion_mnist(tmp_path / "empty")
+    assert dataset.extra["folder"] == str(DEBIAN_DIR)
+    assert dataset.train.images.shape == (60000, 1, 28, 28)
+    assert dataset.test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(dataset.train.labels).tolist() == [6000] * 10
+    mean = dataset.train.images.float().mean().item() / 255
+    assert abs(mean - dataset.mean[0]) < 1e-3
