@@ -247,9 +247,7 @@ def test_cifar100_download_checksum_mismatch(tmp_path: Path, http_root: tuple[st
     write_cifar100_tarball(served / "cifar-100-python.tar.gz", tmp_path / "work")
     root = tmp_path / "root"
     with pytest.raises(DataError, match="checksum mismatch") as info:
-        load_cifar100(
-            root, download=True, url=f"{base_url}/cifar-100-python.tar.gz", md5="0" * 32
-        )
+        load_cifar100(root, download=True, url=f"{base_url}/cifar-100-python.tar.gz", md5="0" * 32)
     assert "0" * 32 in str(info.value)
     assert list(root.iterdir()) == []
 
@@ -321,8 +319,16 @@ def _symlink(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.T
         _symlink("hard", "../outside", tarfile.LNKTYPE),
         _symlink("fifo", "", tarfile.FIFOTYPE),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "symlink-abs", "nested-symlink",
-         "hardlink", "fifo"],
+    ids=[
+        "dotdot",
+        "nested-dotdot",
+        "absolute",
+        "symlink",
+        "symlink-abs",
+        "nested-symlink",
+        "hardlink",
+        "fifo",
+    ],
 )
 def test_safe_extract_refuses_escapes(tmp_path: Path, member: tarfile.TarInfo) -> None:
     archive = _tar_with(tmp_path / "bad.tar.gz", member)

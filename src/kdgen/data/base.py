@@ -61,7 +61,9 @@ class ImageDataset:
                     f"{self.name}: {split_name} images have shape {tuple(split.images.shape[1:])}, "
                     f"expected {tuple(self.train.images.shape[1:])}"
                 )
-            if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes):
+            if len(split) and (
+                int(split.labels.min()) < 0 or int(split.labels.max()) >= num_classes
+            ):
                 raise DataError(
                     f"{self.name}: {split_name} labels must lie in [0, {num_classes - 1}], found "
                     f"[{int(split.labels.min())}, {int(split.labels.max())}]"

@@ -130,8 +130,18 @@ def _unpickle(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            ImportError, IndexError, KeyError, zlib.error, OSError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        zlib.error,
+        OSError,
+    ) as exc:
         raise _corrupt(path, f"unreadable pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise _corrupt(path, f"expected a dict, found {type(obj).__name__}")

@@ -135,9 +135,7 @@ def _check_member(member: tarfile.TarInfo, target: Path, archive: Path) -> None:
         if not _within(base, os.path.join(link_dir, member.linkname)):
             _refuse(archive, name, f"it is a symlink pointing outside ({member.linkname})")
     elif member.islnk():
-        if _is_absolute(member.linkname) or not _within(
-            base, os.path.join(base, member.linkname)
-        ):
+        if _is_absolute(member.linkname) or not _within(base, os.path.join(base, member.linkname)):
             _refuse(archive, name, f"it is a hard link pointing outside ({member.linkname})")
     elif not (member.isfile() or member.isdir()):
         _refuse(archive, name, "it is a device, fifo or other special file")

@@ -90,9 +90,7 @@ def load_fashion_mnist(
     )
 
 
-def _candidates(
-    base: Path, system_dirs: Sequence[str | os.PathLike[str]] | None
-) -> list[Path]:
+def _candidates(base: Path, system_dirs: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
     """The folders to search, in order."""
     extra = SYSTEM_DIRS if system_dirs is None else system_dirs
     return [base, base / "fashion-mnist", base / "FashionMNIST" / "raw", *map(Path, extra)]

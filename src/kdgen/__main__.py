@@ -1,0 +1,7 @@
+"""``python -m kdgen``."""
+
+import sys
+
+from kdgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ``kdgen`` command line: subcommands that call the Python API.
+
+Every user error (a :class:`KdgenError`) becomes one line on stderr and exit status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdgen.errors import KdgenError, RunDirError
+
+EXIT_USAGE = 2
+
+
+def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """A first positional that looks like key=value is an override, not a config."""
+    if config is not None and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdgen.config import build_config
+    from kdgen.generations import train_generations
+    from kdgen.report import generations_table
+
+    source, overrides = _split_overrides(args.config, args.overrides)
+    if args.resume:
+        run_config = Path(args.resume) / "config.yaml"
+        if not run_config.exists():
+            raise RunDirError(f"cannot resume: {args.resume} holds no run (no config.yaml)")
+        config = build_config(source or str(run_config), [*overrides, f"out_dir={args.resume}"])
+    else:
+        if source is None:
+            raise KdgenError("kdgen train needs a config file or preset (see: kdgen presets)")
+        if args.out:
+            overrides = [*overrides, f"out_dir={args.out}"]
+        config = build_config(source, overrides)
+    result = train_generations(config, resume=bool(args.resume), force_new=args.force_new)
+    print(generations_table([result.summary]))
+    print(f"run folder: {result.path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kdgen.evaluation import evaluate_run
+    from kdgen.report import generations_table
+
+    summary = evaluate_run(args.run_dir, device=args.device)
+    print(generations_table([summary]))
+    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdgen.demo import run_demo
+
+    table, results = run_demo(args.out, tuple(args.overrides))
+    print()
+    print("Test metrics per process and generation (synthetic data, one seed):")
+    print(table)
+    print(f"\nrun folders: {results[0].path.parent}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from kdgen.config import list_presets, preset_description
+
+    for name in list_presets():
+        print(f"{name:24s} {preset_description(name)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from kdgen.models import list_models
+
+    print("\n".join(list_models()))
+    print("tv:<name>  any torchvision classification model, e.g. tv:resnet18")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kdgen.runs import RunFolder
+
+    folder = RunFolder(args.run_dir)
+    if not folder.state_path.exists():
+        raise KdgenError(f"{args.run_dir} holds no run (no run.json)")
+    print(json.dumps(folder.read_state(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdgen",
+        description="Train deep networks in generations with tolerant teachers.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a patriarch and its student generations")
+    train.add_argument("config", nargs="?", help="a preset name or a YAML config file")
+    train.add_argument("overrides", nargs="*", help="key=value config overrides")
+    train.add_argument("--out", help="the run folder (default: runs/<time>-<name>)")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    train.add_argument(
+        "--force-new",
+        action="store_true",
+        help="if the run folder holds results, write into a new folder beside it",
+    )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="recompute test metrics from a run's checkpoints")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="the built-in demo: three processes on synthetic data")
+    demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo preset")
+    demo.add_argument("--out", help="the demo folder (default: runs/demo-<time>)")
+    demo.set_defaults(func=cmd_demo)
+
+    sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
+    sub.add_parser("models", help="list the model names").set_defaults(func=cmd_models)
+    status = sub.add_parser("status", help="print a run folder's state and progress")
+    status.add_argument("run_dir")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args))
+    except KdgenError as error:
+        if args.debug:
+            raise
+        print(f"kdgen: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

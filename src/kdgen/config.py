@@ -1,0 +1,409 @@
+"""The typed run configuration: OmegaConf structured configs, presets and validation.
+
+A config is built from a preset (or YAML file) plus ``key=value`` overrides; OmegaConf
+checks keys and types, :func:`validate` checks ranges and cross-field rules. Every problem
+becomes a :class:`ConfigError` whose message names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kdgen.errors import ConfigError
+
+REGULARIZERS = ("tsd", "lsr", "cp", "none")
+REGULARIZER_FORMS = ("convex", "normalized")
+SCHEDULERS = ("multistep", "cosine", "constant")
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and seed of the built-in synthetic data set (see ``kdgen.data.synthetic``)."""
+
+    train_per_class: int = 100
+    test_per_class: int = 20
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    download: bool = False
+    val_size: int = 1000
+    train_subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    crop_padding: int = 4
+    flip: bool = True
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ScheduleConfig:
+    """Optimiser and learning-rate schedule of one generation."""
+
+    epochs: int = 200
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    scheduler: str = "multistep"
+    milestones: list[int] = field(default_factory=lambda: [100, 150])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class Config:
+    """A whole training-in-generations run. ``generations`` = G trains M_0 ... M_G."""
+
+    name: str = "run"
+    model: str = "resnet20"
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
+    generation_schedules: dict[int, Any] = field(default_factory=dict)
+    generations: int = 4
+    process: str | None = None
+    eta: float = 1.0
+    lam: float = 0.0
+    regularizer: str = "tsd"
+    k: int = 5
+    regularizer_form: str = "convex"
+    regularize_all_teachers: bool = False
+    temperature: float = 1.0
+    patriarch: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    amp: bool = True
+    eval_every: int = 1
+    out_dir: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+
+PROCESS_PATTERN = re.compile(r"^\s*D\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*$")
+
+
+def _number(value: float) -> str:
+    text = f"{value:g}"
+    return text if any(c in text for c in ".en") else f"{text}.0"
+
+
+def format_process(eta: float, lam: float) -> str:
+    """The paper's name D(eta, lambda) of a process, e.g. ``D(1.0,0.0)`` or ``D(0.6,0.6)``."""
+    return f"D({_number(eta)},{_number(lam)})"
+
+
+def parse_process(text: str) -> tuple[float, float]:
+    """Parse ``D(eta,lam)`` into its two numbers."""
+    match = PROCESS_PATTERN.match(text)
+    if not match:
+        raise ConfigError(f"process='{text}' must look like D(eta,lam), e.g. D(0.6,0.6)")
+    try:
+        return float(match.group(1)), float(match.group(2))
+    except ValueError:
+        raise ConfigError(f"process='{text}': eta and lam must be numbers") from None
+
+
+def list_presets() -> list[str]:
+    folder = resources.files("kdgen") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a preset's YAML."""
+    for line in _preset_text(name).splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _preset_text(name: str) -> str:
+    path = resources.files("kdgen") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, list_presets(), n=3, cutoff=0.4)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (list them with: kdgen presets)")
+    return path.read_text()
+
+
+def _load_source(source: str) -> DictConfig:
+    """A preset name or a YAML file path, as an (unvalidated) DictConfig."""
+    is_file = source.endswith((".yaml", ".yml")) or Path(source).is_file()
+    if is_file:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file '{source}' does not exist")
+        text = path.read_text()
+    else:
+        text = _preset_text(source)
+    try:
+        loaded = OmegaConf.create(text)
+    except Exception as error:  # yaml errors come in several types
+        raise ConfigError(f"cannot parse config '{source}': {_one_line(error)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config '{source}' must be a mapping of keys to values")
+    return loaded
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _omegaconf_message(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "not in struct" in first or ("Key '" in first and "not" in first):
+        return f"unknown config key '{key}' (see: kdgen presets, or docs of the Config schema)"
+    return f"config key '{key}': {first}" if key else first
+
+
+def _failing_key(schema: Any, sources: tuple[Any, ...], prefix: str = "") -> str | None:
+    """The dotted key whose merge into ``schema`` fails, for errors that do not name one."""
+    for source in sources:
+        if not isinstance(source, (Mapping, DictConfig)):
+            continue
+        for key, value in source.items():
+            try:
+                OmegaConf.merge(schema, {key: value})
+            except Exception:
+                child = schema.get(key) if isinstance(schema, DictConfig) else None
+                deeper = None
+                if isinstance(child, DictConfig):
+                    deeper = _failing_key(child, (value,), f"{prefix}{key}.")
+                return deeper or f"{prefix}{key}"
+    return None
+
+
+def _merge_to_object(schema: DictConfig, *sources: Any, where: str = "") -> Any:
+    """Merge ``sources`` into ``schema`` and build the object; any failure is a ConfigError
+    naming the key (OmegaConf raises its own errors but also ValueError, TypeError, ...)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(schema, *sources))
+    except Exception as error:
+        if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
+            message = _omegaconf_message(error)
+        else:
+            key = _failing_key(schema, sources)
+            detail = _one_line(error) or type(error).__name__
+            message = f"config key '{key}': {detail}" if key else f"invalid config: {detail}"
+        raise ConfigError(f"{where}{message}") from None
+
+
+def build_config(source: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a preset or YAML file plus ``key=value`` overrides into a validated Config.
+
+    An ``eta`` or ``lam`` override (without a ``process`` override) wins over the source's
+    ``process``; otherwise ``process``, where given, decides eta and lam.
+    """
+    loaded = _load_source(source) if source is not None else OmegaConf.create({})
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        try:
+            parsed.append(OmegaConf.from_dotlist([item]))
+        except Exception as error:  # yaml and OmegaConf errors come in several types
+            raise ConfigError(f"cannot parse override '{item}': {_one_line(error)}") from None
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    process = OmegaConf.select(loaded, "process", default=None, throw_on_resolution_failure=False)
+    if keys & {"eta", "lam"} and "process" not in keys and isinstance(process, str):
+        loaded.eta, loaded.lam = parse_process(process)
+        loaded.process = None
+    config: Config = _merge_to_object(OmegaConf.structured(Config), loaded, *parsed)
+    return validate(config)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A validated Config from a plain (possibly nested) dictionary."""
+    try:
+        created = OmegaConf.create(values)
+    except Exception as error:
+        raise ConfigError(f"invalid config: {_one_line(error)}") from None
+    config: Config = _merge_to_object(OmegaConf.structured(Config), created)
+    return validate(config)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
+    _check(schedule.epochs >= 1, f"{where}.epochs={schedule.epochs} must be >= 1")
+    _check(schedule.lr > 0, f"{where}.lr={schedule.lr} must be > 0")
+    _check(0 <= schedule.momentum < 1, f"{where}.momentum={schedule.momentum} must lie in [0, 1)")
+    _check(schedule.weight_decay >= 0, f"{where}.weight_decay must be >= 0")
+    _check(
+        schedule.scheduler in SCHEDULERS,
+        f"{where}.scheduler='{schedule.scheduler}' must be one of {', '.join(SCHEDULERS)}",
+    )
+    _check(0 < schedule.gamma <= 1, f"{where}.gamma={schedule.gamma} must lie in (0, 1]")
+    _check(
+        0 <= schedule.warmup_epochs < schedule.epochs,
+        f"{where}.warmup_epochs={schedule.warmup_epochs} must lie in [0, epochs)",
+    )
+    _check(
+        all(m > 0 for m in schedule.milestones)
+        and schedule.milestones == sorted(schedule.milestones),
+        f"{where}.milestones={schedule.milestones} must be increasing positive epochs",
+    )
+    _check(
+        not schedule.nesterov or schedule.momentum > 0,
+        f"{where}.nesterov=true needs momentum > 0",
+    )
+
+
+def schedule_for(config: Config, generation: int) -> ScheduleConfig:
+    """The schedule of one generation: ``schedule`` with its per-generation changes."""
+    changes = config.generation_schedules.get(generation)
+    if changes is None:
+        return config.schedule
+    if not isinstance(changes, (Mapping, DictConfig)):
+        raise ConfigError(
+            f"generation_schedules.{generation}={changes!r} must be a mapping of schedule "
+            f"keys to values, e.g. {{epochs: 300}}"
+        )
+    if not changes:
+        return config.schedule
+    return _merge_to_object(
+        OmegaConf.structured(config.schedule), changes, where=f"generation_schedules.{generation}: "
+    )
+
+
+def _in_unit_interval(value: float) -> bool:
+    return 0.0 <= value <= 1.0  # False for NaN too
+
+
+def validate(config: Config) -> Config:
+    """Check ranges and cross-field rules; expand ``process`` into eta and lam.
+
+    Types are checked (and converted, e.g. "0.5" to 0.5) first, in place, so a Config
+    built by hand with wrong types gives a ConfigError too.
+    """
+    typed = _merge_to_object(OmegaConf.structured(Config), config)
+    for item in fields(Config):
+        setattr(config, item.name, getattr(typed, item.name))
+    if config.process is not None:
+        config.eta, config.lam = parse_process(config.process)
+    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in [0, 1]")
+    _check(_in_unit_interval(config.lam), f"lam={config.lam} must lie in [0, 1]")
+    config.process = format_process(config.eta, config.lam)
+    _check(
+        config.regularizer in REGULARIZERS,
+        f"regularizer='{config.regularizer}' must be one of {', '.join(REGULARIZERS)}",
+    )
+    _check(
+        config.regularizer_form in REGULARIZER_FORMS,
+        f"regularizer_form='{config.regularizer_form}' must be one of "
+        f"{', '.join(REGULARIZER_FORMS)}",
+    )
+    _check(
+        config.regularizer_form != "normalized" or config.eta > 0,
+        "regularizer_form=normalized divides by eta: eta must be > 0",
+    )
+    _check(config.k >= 2, f"k={config.k} must be >= 2")
+    _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
+    _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
+    _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
+    _check(
+        config.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", config.device) is not None,
+        f"device='{config.device}' must be auto, cpu, cuda, cuda:N or mps",
+    )
+    data = config.data
+    _check(data.batch_size >= 1, f"data.batch_size={data.batch_size} must be >= 1")
+    _check(data.eval_batch_size >= 1, f"data.eval_batch_size={data.eval_batch_size} must be >= 1")
+    _check(data.val_size >= 0, f"data.val_size={data.val_size} must be >= 0")
+    _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
+    _check(
+        data.train_subset is None or data.train_subset >= 1,
+        f"data.train_subset={data.train_subset} must be >= 1",
+    )
+    _validate_schedule(config.schedule, "schedule")
+    for generation in config.generation_schedules:
+        _check(
+            isinstance(generation, int) and 0 <= generation <= config.generations,
+            f"generation_schedules key {generation!r} must be a generation in "
+            f"[0, {config.generations}]",
+        )
+        _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def load_config_file(path: Path) -> Config:
+    """Read back a run folder's ``config.yaml``."""
+    return build_config(str(path))
+
+
+# Keys that do not change what is trained: they may differ between a run and its resume.
+NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name")
+
+
+def config_hash(config: Config) -> str:
+    """A hash of everything that decides the trained weights."""
+    values = to_dict(config)
+    for key in NON_SEMANTIC_KEYS:
+        values.pop(key, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: Config, new: Config) -> list[str]:
+    """Lines 'key: old -> new' for every semantic key that differs."""
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and key != "generation_schedules":
+                out.update(flat(value, f"{name}."))
+            else:
+                out[name] = value
+        return out
+
+    a, b = flat(to_dict(old)), flat(to_dict(new))
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key.split(".")[0] not in NON_SEMANTIC_KEYS and a.get(key) != b.get(key)
+    ]
+
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ScheduleConfig",
+    "SyntheticConfig",
+    "build_config",
+    "config_diff",
+    "config_from_dict",
+    "config_hash",
+    "format_process",
+    "list_presets",
+    "parse_process",
+    "schedule_for",
+    "to_dict",
+    "to_yaml",
+    "validate",
+]

@@ -1,0 +1,259 @@
+"""Train one generation: one model, one schedule, the step, evaluation.
+
+The engine knows nothing of generations or of the command line. It gets a model, a
+loss function of (student logits, targets, teacher logits), an optional frozen teacher,
+data loaders and a schedule; it reports through :class:`Hooks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kdgen.config import ScheduleConfig
+from kdgen.data.tensors import DeviceLoader
+from kdgen.metrics import classification_metrics
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+class Hooks:
+    """Where the engine reports to. The default does nothing; a run folder overrides it."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One evaluation record: generation, epoch, split and metrics."""
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """A resumable state at the end of an epoch."""
+
+
+@dataclass
+class EvalSettings:
+    coarse_of_fine: torch.Tensor | None = None
+    k: int = 5
+    every: int = 1
+
+
+@dataclass
+class GenerationResult:
+    model: nn.Module
+    final: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """A frozen teacher: a separate deep copy, in eval mode, with no gradients."""
+    import copy
+
+    teacher = copy.deepcopy(model)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.SGD:
+    """SGD with momentum, optional Nesterov, and weight decay on weights only (not BN/bias)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": schedule.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(
+        groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov
+    )
+
+
+def lr_factor(schedule: ScheduleConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at an optimiser step: linear warm-up, then the schedule."""
+    epoch = step / steps_per_epoch
+    if epoch < schedule.warmup_epochs:
+        return (step + 1) / (schedule.warmup_epochs * steps_per_epoch)
+    if schedule.scheduler == "multistep":
+        return schedule.gamma ** sum(epoch >= m for m in schedule.milestones)
+    if schedule.scheduler == "cosine":
+        progress = (epoch - schedule.warmup_epochs) / (schedule.epochs - schedule.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, step, steps_per_epoch)
+    )
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, loader: DeviceLoader, amp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (float32, on the device) and labels of a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    with autocast(loader.device, amp):
+        for images, targets in loader:
+            outputs.append(model(images).float())
+            labels.append(targets)
+    model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, settings: EvalSettings, amp: bool = True
+) -> tuple[dict[str, float | None], torch.Tensor]:
+    logits, labels = predict(model, loader, amp)
+    metrics = classification_metrics(logits, labels, settings.coarse_of_fine, settings.k)
+    return metrics, logits
+
+
+def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Tensor | None:
+    if teacher is None:
+        return None
+    with torch.inference_mode():
+        logits = teacher(images)
+    # Inference tensors cannot take part in autograd; a clone outside the mode can.
+    return logits.clone()
+
+
+def _train_epoch(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    loader: DeviceLoader,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    amp: bool,
+) -> dict[str, float]:
+    """One pass over the training split. Sums stay on the device: one host sync per epoch."""
+    model.train()
+    device = loader.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, targets in loader:
+        with autocast(device, amp):
+            logits = model(images)
+            teacher_logits = _teacher_logits(teacher, images)
+            loss = loss_fn(logits, targets, teacher_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * targets.shape[0]
+        correct += (logits.detach().argmax(dim=1) == targets).sum()
+        seen += targets.shape[0]
+    loss_value, correct_value = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
+    return {"loss": loss_value / max(seen, 1), "top1": correct_value / max(seen, 1)}
+
+
+def _evaluate_all(
+    model: nn.Module,
+    eval_loaders: Mapping[str, DeviceLoader],
+    evaluation: EvalSettings,
+    amp: bool,
+    log: Callable[[str, dict[str, Any]], None],
+) -> tuple[dict[str, dict[str, float | None]], dict[str, torch.Tensor]]:
+    metrics_by_split, logits_by_split = {}, {}
+    for split, loader in eval_loaders.items():
+        metrics, logits = evaluate(model, loader, evaluation, amp)
+        log(split, metrics)
+        metrics_by_split[split], logits_by_split[split] = metrics, logits
+    return metrics_by_split, logits_by_split
+
+
+def train_generation(
+    model: nn.Module,
+    train_loader: DeviceLoader,
+    eval_loaders: Mapping[str, DeviceLoader],
+    schedule: ScheduleConfig,
+    loss_fn: LossFn,
+    *,
+    teacher: nn.Module | None = None,
+    generation: int = 0,
+    evaluation: EvalSettings | None = None,
+    amp: bool = True,
+    hooks: Hooks | None = None,
+    resume_state: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> GenerationResult:
+    """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
+
+    Evaluations run every ``evaluation.every`` epochs and after the last one; the result
+    holds the last epoch's metrics and logits per split (nothing is selected on them).
+    ``resume_state`` continues from the end of a saved epoch.
+    """
+    if teacher is not None and teacher is model:
+        raise ValueError("the teacher must be a frozen copy, not the student itself")
+    hooks = hooks or Hooks()
+    evaluation = evaluation or EvalSettings()
+    optimizer = make_optimizer(model, schedule)
+    scheduler = make_scheduler(optimizer, schedule, len(train_loader))
+    start_epoch, train_metrics = 0, {}
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
+    epoch = start_epoch
+
+    def log(split: str, metrics: dict[str, Any]) -> None:
+        hooks.log({"generation": generation, "epoch": epoch, "split": split, **metrics})
+
+    bar = tqdm(
+        total=schedule.epochs,
+        initial=start_epoch,
+        desc=f"gen {generation}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    result = GenerationResult(model=model)
+    while epoch < schedule.epochs:
+        train_loader.set_epoch(epoch)
+        train_metrics = _train_epoch(
+            model, teacher, train_loader, loss_fn, optimizer, scheduler, amp
+        )
+        epoch += 1
+        log("train", {"lr": optimizer.param_groups[0]["lr"], **train_metrics})
+        postfix = {"loss": f"{train_metrics['loss']:.3f}", "acc": f"{train_metrics['top1']:.3f}"}
+        if epoch % evaluation.every == 0 or epoch == schedule.epochs:
+            result.final, result.logits = _evaluate_all(model, eval_loaders, evaluation, amp, log)
+            postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
+        bar.update(1)
+        bar.set_postfix(postfix)
+        hooks.save_state(
+            {
+                "generation": generation,
+                "epoch": epoch,
+                "train_metrics": train_metrics,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+        )
+    bar.close()
+    if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
+        model.eval()
+        result.final, result.logits = _evaluate_all(
+            model, eval_loaders, evaluation, amp, lambda split, metrics: None
+        )
+    result.final["train"] = train_metrics
+    return result

@@ -1,0 +1,72 @@
+"""Recompute a finished (or partial) run's metrics from its saved checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdgen.config import build_config, config_hash
+from kdgen.engine import EvalSettings, evaluate
+from kdgen.errors import CheckpointError, RunDirError
+from kdgen.generations import build_model, load_data, prepare_data, resolve_device, summary_header
+from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint
+
+
+def load_generation_model(
+    folder: RunFolder, generation: int, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
+    """The final model of one generation of a run, in eval mode."""
+    config = build_config(str(folder.config_path))
+    dataset = load_data(config)
+    return _load_model(folder, config, dataset, generation, torch.device(device))
+
+
+def _load_model(folder, config, dataset, generation, device) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+    path = folder.generation_checkpoint(generation)
+    payload = load_checkpoint(path)
+    expected = (config.model, dataset.num_classes, dataset.in_channels)
+    found = (payload.get("model_name"), payload.get("num_classes"), payload.get("in_channels"))
+    if found != expected:
+        raise CheckpointError(
+            f"{path} holds model {found[0]} with {found[1]} classes and {found[2]} channels; "
+            f"the run needs {expected[0]} with {expected[1]} classes and {expected[2]} channels"
+        )
+    model = build_model(config, dataset, generation, device)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
+    return model.eval()
+
+
+def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test") -> dict[str, Any]:
+    """Evaluate every saved generation on ``split``; writes and returns ``eval.json``."""
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
+        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
+    config = build_config(str(folder.config_path))
+    torch_device = resolve_device(device)
+    dataset = load_data(config)
+    data = prepare_data(config, torch_device, dataset)
+    if split not in data.eval_loaders:
+        raise RunDirError(
+            f"split '{split}' is not evaluated in this run; use one of "
+            f"{', '.join(data.eval_loaders)}"
+        )
+    settings = EvalSettings(
+        None if dataset.coarse_of_fine is None else torch.tensor(dataset.coarse_of_fine), config.k
+    )
+    summary = summary_header(config, dataset, config_hash(config))
+    generation = 0
+    while folder.generation_checkpoint(generation).exists():
+        model = _load_model(folder, config, dataset, generation, torch_device)
+        metrics, _ = evaluate(model, data.eval_loaders[split], settings, config.amp)
+        summary["generations"].append({"generation": generation, split: metrics})
+        generation += 1
+    if generation == 0:
+        raise RunDirError(f"{run_dir} has no generation checkpoints yet")
+    atomic_write_json(folder.path / "eval.json", summary)
+    return summary

@@ -1,0 +1,413 @@
+"""Training in generations: the patriarch M_0, then students M_1 ... M_G (METHOD.md).
+
+Every generation has the same architecture and starts from fresh weights. M_g (g >= 1)
+learns from the ground truth and from M_{g-1}, which is a frozen deep copy: eval mode,
+no gradients, run under inference mode. Finished generations are never retrained on
+resume; the unfinished one continues from its last saved epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdgen import losses
+from kdgen.config import Config, build_config, config_diff, config_hash, schedule_for, to_yaml
+from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
+from kdgen.data.split import stratified_split, stratified_subset
+from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
+from kdgen.errors import CheckpointError, ConfigError, RunDirError
+from kdgen.models import create_model
+from kdgen.runs import RunFolder, load_checkpoint, save_checkpoint, unique_folder
+from kdgen.seeding import derive_seed
+
+log = logging.getLogger("kdgen")
+
+# Salts keep the seeds of different uses of one config seed apart.
+_SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
+
+
+@dataclass
+class PreparedData:
+    dataset: ImageDataset
+    train_loader: DeviceLoader
+    eval_loaders: dict[str, DeviceLoader]
+
+
+@dataclass
+class RunResult:
+    path: Path
+    summary: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device='{name}' but CUDA is not available here; use device=cpu")
+    return device
+
+
+def load_data(config: Config) -> ImageDataset:
+    data = config.data
+    options = dict(vars(data.synthetic)) if data.name == "synthetic" else {}
+    return load_dataset(data.name, data.root, data.download, **options)
+
+
+def prepare_data(
+    config: Config, device: torch.device, dataset: ImageDataset | None = None
+) -> PreparedData:
+    """Loaders for one run. The training subset and the validation split depend on the
+    seed alone, so every process run with one seed sees the same data."""
+    dataset = dataset or load_data(config)
+    data = config.data
+    train = dataset.train
+    if data.train_subset is not None:
+        train = stratified_subset(train, data.train_subset, derive_seed(config.seed, _SUBSET_SALT))
+    eval_splits = {}
+    if data.val_size > 0:
+        train, eval_splits["val"] = stratified_split(
+            train, data.val_size, derive_seed(config.seed, _VAL_SALT)
+        )
+    eval_splits["test"] = dataset.test
+    if data.batch_size > len(train):
+        raise ConfigError(
+            f"data.batch_size={data.batch_size} exceeds the {len(train)} training images"
+        )
+    common = {
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "device": device,
+        "channels_last": config.channels_last,
+    }
+    train_loader = DeviceLoader(
+        train,
+        data.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=Augment(data.crop_padding, data.flip),
+        **common,
+    )
+    eval_loaders = {
+        name: DeviceLoader(split, data.eval_batch_size, **common)
+        for name, split in eval_splits.items()
+    }
+    return PreparedData(dataset, train_loader, eval_loaders)
+
+
+def build_model(
+    config: Config, dataset: ImageDataset, generation: int, device: torch.device
+) -> nn.Module:
+    """A freshly initialised model of one generation; its init depends on (seed, generation)."""
+    torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
+    model = create_model(config.model, dataset.num_classes, dataset.in_channels)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def is_tolerant(config: Config, generation: int) -> bool:
+    """Whether the tolerance regulariser R applies to this generation's loss."""
+    teaches = generation < config.generations
+    return generation == 0 or (config.regularize_all_teachers and teaches)
+
+
+def loss_settings(config: Config, generation: int) -> dict[str, Any]:
+    """What decides a generation's loss; stored in its checkpoint so it can be checked."""
+    settings: dict[str, Any] = {"generation_role": "patriarch" if generation == 0 else "student"}
+    if is_tolerant(config, generation) and config.eta == 1.0:
+        settings.update(eta=1.0)  # a strict teacher: the regulariser has no weight
+    elif is_tolerant(config, generation):
+        settings.update(
+            eta=config.eta,
+            regularizer=config.regularizer,
+            k=config.k,
+            regularizer_form=config.regularizer_form,
+        )
+    if generation > 0:
+        settings.update(lam=config.lam, temperature=config.temperature)
+    return settings
+
+
+def make_loss(config: Config, generation: int) -> LossFn:
+    """The loss of one generation: the teacher loss for M_0, the student loss after it.
+
+    A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
+    with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
+    (our definition; METHOD.md leaves the combination open).
+    """
+    tolerant = functools.partial(
+        losses.teacher_loss,
+        eta=config.eta,
+        regularizer=config.regularizer,
+        k=config.k,
+        form=config.regularizer_form,
+        validate=False,
+    )
+    if generation == 0:
+        return lambda logits, targets, teacher_logits: tolerant(logits, targets)
+    lam, tau = config.lam, config.temperature
+    if not is_tolerant(config, generation):
+        return lambda logits, targets, teacher_logits: losses.student_loss(
+            logits, teacher_logits, targets, lam, tau, validate=False
+        )
+
+    def tolerant_student(
+        logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any
+    ) -> torch.Tensor:
+        base = tolerant(logits, targets)
+        if lam == 0.0:
+            return base
+        kd = losses.student_loss(logits, teacher_logits, targets, 1.0, tau, validate=False)
+        return (1 - lam) * base + lam * kd
+
+    return tolerant_student
+
+
+class RunHooks(Hooks):
+    """Engine hooks that write to the run folder."""
+
+    def __init__(self, folder: RunFolder, digest: str, save_every: int = 1) -> None:
+        self.folder, self.digest, self.save_every = folder, digest, save_every
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.folder.log(record)
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        if state["epoch"] % self.save_every == 0:
+            save_checkpoint(self.folder.last_checkpoint, {"config_hash": self.digest, **state})
+        self.folder.write_state("running", generation=state["generation"], epoch=state["epoch"])
+
+
+def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
+    """The run folder to write into; refuses to overwrite results unless resuming."""
+    if config.out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
+    path = Path(config.out_dir)
+    folder = RunFolder(path)
+    if resume:
+        if not folder.config_path.exists():
+            raise RunDirError(f"cannot resume: {path} holds no run (no config.yaml)")
+        saved = build_config(str(folder.config_path))
+        diff = config_diff(saved, config)
+        if diff:
+            raise RunDirError(
+                f"cannot resume {path}: its config differs ({'; '.join(diff)}); "
+                "resume without overrides, or use --force-new to start a new run"
+            )
+        return folder
+    if folder.has_results():
+        if not force_new:
+            raise RunDirError(
+                f"{path} already holds a run; resume it with --resume {path}, "
+                "or pass --force-new to write into a new folder"
+            )
+        folder = RunFolder(unique_folder(path))
+        config.out_dir = str(folder.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _load_patriarch(config: Config, dataset: ImageDataset, device: torch.device) -> nn.Module:
+    """M_0 from another run's checkpoint (``patriarch=PATH``), checked against this config."""
+    path = Path(config.patriarch or "")
+    if path.is_dir():
+        path = path / "checkpoints" / "gen0.pt"
+    payload = load_checkpoint(path)
+    expected = {
+        "model_name": config.model,
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+        "loss": loss_settings(config, 0),
+    }
+    found = {key: payload.get(key) for key in expected}
+    if found != expected:
+        raise CheckpointError(
+            f"patriarch {path} does not match this run: it has {found}, this run needs {expected}"
+        )
+    model = build_model(config, dataset, 0, device)
+    model.load_state_dict(payload["model"])
+    return model
+
+
+def _model_checkpoint(
+    config: Config, dataset: ImageDataset, generation: int, model: nn.Module, digest: str
+) -> dict[str, Any]:
+    return {
+        "kind": "model",
+        "config_hash": digest,
+        "generation": generation,
+        "model_name": config.model,
+        "model": model.state_dict(),
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+        "loss": loss_settings(config, generation),
+    }
+
+
+def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.Module) -> None:
+    payload = load_checkpoint(folder.generation_checkpoint(generation))
+    if payload.get("config_hash") != digest:
+        raise CheckpointError(
+            f"{folder.generation_checkpoint(generation)} belongs to another config"
+        )
+    model.load_state_dict(payload["model"])
+
+
+def _resume_state(folder: RunFolder, generation: int, digest: str) -> dict[str, Any] | None:
+    if not folder.last_checkpoint.exists():
+        return None
+    state = load_checkpoint(folder.last_checkpoint)
+    if state.get("config_hash") != digest:
+        raise CheckpointError(f"{folder.last_checkpoint} belongs to another config")
+    return state if state["generation"] == generation else None
+
+
+def summary_header(config: Config, dataset: ImageDataset, digest: str) -> dict[str, Any]:
+    return {
+        "name": config.name,
+        "process": config.process,
+        "eta": config.eta,
+        "lam": config.lam,
+        "regularizer": config.regularizer,
+        "k": config.k,
+        "regularizer_form": config.regularizer_form,
+        "regularize_all_teachers": config.regularize_all_teachers,
+        "temperature": config.temperature,
+        "model": config.model,
+        "data": config.data.name,
+        "num_classes": dataset.num_classes,
+        "seed": config.seed,
+        "config_hash": digest,
+        "generations": [],
+    }
+
+
+def _generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
+    return {
+        "generation": generation,
+        "teacher": None if generation == 0 else generation - 1,
+        "epochs": epochs,
+        "train": final.get("train"),
+        "val": final.get("val"),
+        "test": final.get("test"),
+    }
+
+
+def train_generations(
+    config: Config, *, resume: bool = False, force_new: bool = False
+) -> RunResult:
+    """Train M_0 ... M_G as ``config`` says, writing everything to its run folder."""
+    device = resolve_device(config.device)
+    folder = open_run_folder(config, resume, force_new)
+    digest = config_hash(config)
+    dataset = load_data(config)
+    if config.k > dataset.num_classes:
+        raise ConfigError(
+            f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
+        )
+    data = prepare_data(config, device, dataset)
+    summary = folder.read_summary() if resume else None
+    if not summary or summary.get("config_hash") != digest:
+        summary = summary_header(config, dataset, digest)
+    if not resume:
+        from kdgen.runs import atomic_write_text
+
+        atomic_write_text(folder.config_path, to_yaml(config))
+    if config.tensorboard:
+        folder.enable_tensorboard()
+    folder.write_state("running", started=time.time())
+    evaluation = EvalSettings(
+        coarse_of_fine=None
+        if dataset.coarse_of_fine is None
+        else torch.tensor(dataset.coarse_of_fine),
+        k=config.k,
+        every=config.eval_every,
+    )
+    hooks = RunHooks(folder, digest)
+    try:
+        teacher = _run_generations(config, folder, data, summary, digest, evaluation, hooks, device)
+        del teacher
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        folder.write_state(status, reason=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        folder.close()
+    folder.write_metrics_csv()
+    folder.write_state("finished", generation=config.generations)
+    return RunResult(folder.path, summary)
+
+
+def _run_generations(
+    config: Config,
+    folder: RunFolder,
+    data: PreparedData,
+    summary: dict[str, Any],
+    digest: str,
+    evaluation: EvalSettings,
+    hooks: RunHooks,
+    device: torch.device,
+) -> nn.Module | None:
+    done = {entry["generation"] for entry in summary["generations"]}
+    teacher: nn.Module | None = None
+    amp = config.amp
+    for generation in range(config.generations + 1):
+        schedule = schedule_for(config, generation)
+        model = build_model(config, data.dataset, generation, device)
+        if generation in done and folder.generation_checkpoint(generation).exists():
+            _load_generation(folder, generation, digest, model)
+            teacher = freeze(model)
+            continue
+        if generation == 0 and config.patriarch:
+            model = _load_patriarch(config, data.dataset, device)
+            final = {
+                name: evaluate(model, loader, evaluation, amp)[0]
+                for name, loader in data.eval_loaders.items()
+            }
+            epochs = 0
+        else:
+            folder.truncate_metrics(*_resume_point(folder, generation, digest))
+            result = train_generation(
+                model,
+                data.train_loader,
+                data.eval_loaders,
+                schedule,
+                make_loss(config, generation),
+                teacher=teacher,
+                generation=generation,
+                evaluation=evaluation,
+                amp=amp,
+                hooks=hooks,
+                resume_state=_resume_state(folder, generation, digest),
+                progress=config.progress,
+            )
+            final, epochs = result.final, schedule.epochs
+        save_checkpoint(
+            folder.generation_checkpoint(generation),
+            _model_checkpoint(config, data.dataset, generation, model, digest),
+        )
+        summary["generations"] = [
+            e for e in summary["generations"] if e["generation"] != generation
+        ]
+        summary["generations"].append(_generation_entry(generation, final, epochs))
+        folder.write_summary(summary)
+        folder.write_metrics_csv()
+        teacher = freeze(model)
+    return teacher
+
+
+def _resume_point(folder: RunFolder, generation: int, digest: str) -> tuple[int, int]:
+    """(generation, epoch) up to which logged metrics are kept when (re)starting a generation."""
+    state = _resume_state(folder, generation, digest) if folder.last_checkpoint.exists() else None
+    return (generation, state["epoch"]) if state else (generation, 0)

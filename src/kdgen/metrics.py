@@ -1,0 +1,76 @@
+"""Evaluation metrics computed from a model's logits: accuracy, calibration-free summaries
+of the output distribution, and the secondary-information distances Dist^C and Dist^S.
+
+Dist^C and Dist^S are the project's own definitions (METHOD.md, "Measuring secondary
+information"): for each image, S is the set of the K-1 highest-scoring classes other than
+the ground truth.
+- Dist^C: the fraction of S outside the ground truth's coarse class, averaged over images.
+- Dist^S: the mean over images of sum_{c in S} w_c * d(y, c) with w_c = p_c / sum_S p and
+  d the tree distance to the lowest common ancestor; in a two-level hierarchy d is 1 for
+  siblings and 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def secondary_classes(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The K-1 highest-probability classes other than the ground truth, per image (N, K-1)."""
+    masked = probs.scatter(1, labels[:, None], float("-inf"))
+    return masked.topk(k - 1, dim=1).indices
+
+
+def dist_coarse(
+    probs: torch.Tensor, labels: torch.Tensor, coarse_of_fine: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Dist^C: mean fraction of the secondary classes outside the true coarse class."""
+    secondary = secondary_classes(probs, labels, k)
+    outside = coarse_of_fine[secondary] != coarse_of_fine[labels][:, None]
+    return outside.double().mean()
+
+
+def dist_semantic(
+    probs: torch.Tensor, labels: torch.Tensor, coarse_of_fine: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Dist^S on a two-level hierarchy: probability-weighted tree distance of S to y."""
+    secondary = secondary_classes(probs, labels, k)
+    weights = probs.gather(1, secondary).double()
+    total = weights.sum(dim=1, keepdim=True)
+    # An image whose secondary mass underflows to 0 weighs its classes equally.
+    weights = torch.where(total > 0, weights / total.clamp_min(1e-300), 1.0 / (k - 1))
+    distance = 1.0 + (coarse_of_fine[secondary] != coarse_of_fine[labels][:, None]).double()
+    return (weights * distance).sum(dim=1).mean()
+
+
+def classification_metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    coarse_of_fine: torch.Tensor | None = None,
+    k: int = 5,
+) -> dict[str, float | None]:
+    """All per-split metrics of METHOD.md from (N, C) logits; accuracies are fractions."""
+    logits = logits.float()
+    labels = labels.to(logits.device)
+    log_probs = torch.log_softmax(logits, dim=1)
+    probs = log_probs.exp()
+    num_classes = logits.shape[1]
+    top = logits.topk(min(5, num_classes), dim=1).indices
+    hits = top == labels[:, None]
+    entropy = -(probs * log_probs).nan_to_num(0.0).sum(dim=1)
+    values = {
+        "top1": hits[:, 0].double().mean(),
+        "top5": hits.any(dim=1).double().mean(),
+        "nll": -log_probs.gather(1, labels[:, None]).double().mean(),
+        "mean_max_prob": probs.max(dim=1).values.double().mean(),
+        "entropy": entropy.double().mean(),
+    }
+    if coarse_of_fine is not None and 2 <= k <= num_classes:
+        coarse = coarse_of_fine.to(logits.device)
+        values["dist_c"] = dist_coarse(probs, labels, coarse, k)
+        values["dist_s"] = dist_semantic(probs, labels, coarse, k)
+    stacked = torch.stack(list(values.values())).tolist()  # one host sync for all metrics
+    metrics: dict[str, float | None] = dict(zip(values, stacked, strict=True))
+    metrics.setdefault("dist_c", None)
+    metrics.setdefault("dist_s", None)
+    return metrics

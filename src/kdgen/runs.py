@@ -1,0 +1,226 @@
+"""The run folder: atomic writes, checkpoints with checksums, metrics logs and the summary.
+
+Layout (timm-style, one folder per run)::
+
+    RUN/
+      config.yaml          the resolved config
+      run.json             state: running | interrupted | finished | failed, with progress
+      metrics.jsonl        one line per evaluation (generation, epoch, split, metrics)
+      metrics.csv          the same, as a table (rewritten after each generation)
+      summary.json         final metrics per generation, and the method's settings
+      checkpoints/gen{g}.pt  final model of generation g
+      checkpoints/last.pt  latest resumable state of the generation in progress
+      tb/                  TensorBoard scalars, when tensorboard is installed
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdgen.errors import CheckpointError, RunDirError
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync it, then rename it into place.
+
+    A crash or a full disk leaves either the old file or the new one, never a mix.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Save ``payload`` with a SHA-256 checksum of its serialised bytes, atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    envelope = {
+        "format": CHECKPOINT_FORMAT,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "payload": body,
+    }
+    out = io.BytesIO()
+    torch.save(envelope, out)
+    atomic_write_bytes(path, out.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and verify a checkpoint written by :func:`save_checkpoint` (weights only)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        envelope = torch.load(path, map_location="cpu", weights_only=True)
+        body = envelope["payload"]
+        expected = envelope["sha256"]
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a kdgen checkpoint ({type(error).__name__}); "
+            "delete it to retrain from the previous one"
+        ) from None
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise CheckpointError(f"checkpoint {path} fails its checksum; it is corrupt")
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(error).__name__})"
+        ) from None
+
+
+class RunFolder:
+    """Reads and writes one run folder. Only the process that owns the run writes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.state_path = self.path / "run.json"
+        self._tensorboard: Any = None
+
+    def generation_checkpoint(self, generation: int) -> Path:
+        return self.checkpoints / f"gen{generation}.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def has_results(self) -> bool:
+        return self.config_path.exists() or self.summary_path.exists() or self.checkpoints.exists()
+
+    # --- state --------------------------------------------------------------------------
+    def read_state(self) -> dict[str, Any]:
+        return self._read_json(self.state_path) or {}
+
+    def write_state(self, status: str, **fields: Any) -> None:
+        state = {**self.read_state(), "status": status, "updated": time.time(), **fields}
+        atomic_write_json(self.state_path, state)
+
+    # --- summary ------------------------------------------------------------------------
+    def read_summary(self) -> dict[str, Any] | None:
+        return self._read_json(self.summary_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.summary_path, summary)
+
+    def _read_json(self, path: Path) -> Any:
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise RunDirError(f"{path} is unreadable ({type(error).__name__})") from None
+
+    # --- metrics ------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one evaluation record to metrics.jsonl and TensorBoard."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        self._log_tensorboard(record)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash ends the log
+        return records
+
+    def truncate_metrics(self, generation: int, epoch: int) -> None:
+        """Keep only records up to (generation, epoch): a resume replays what came after."""
+        kept = [
+            r for r in self.read_metrics() if (r["generation"], r["epoch"]) <= (generation, epoch)
+        ]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write_metrics_csv(self) -> None:
+        records = self.read_metrics()
+        if not records:
+            return
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def enable_tensorboard(self) -> bool:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return False
+        self._tensorboard = SummaryWriter(log_dir=str(self.path / "tb"))
+        return True
+
+    def _log_tensorboard(self, record: dict[str, Any]) -> None:
+        if self._tensorboard is None:
+            return
+        prefix = f"gen{record['generation']}/{record['split']}"
+        for key, value in record.items():
+            if key not in ("generation", "epoch", "split") and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+
+def unique_folder(path: Path) -> Path:
+    """``path`` itself if free, else ``path-1``, ``path-2``, ...: never an existing folder."""
+    if not path.exists():
+        return path
+    index = 1
+    while path.with_name(f"{path.name}-{index}").exists():
+        index += 1
+    return path.with_name(f"{path.name}-{index}")

@@ -1,0 +1,113 @@
+"""The command line: subcommands, one-line errors with exit status 2, eval from checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdgen.cli import main
+from tests.conftest import FAST
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_presets_and_models_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "presets")
+    assert code == 0
+    assert "smoke" in out and "demo" in out and "cifar100-resnet56" in out
+    code, out, _ = _run(capsys, "models")
+    assert code == 0 and "resnet56" in out.split() and "tv:<name>" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "smok"], "did you mean: smoke"),
+        (["train", "smoke", "eta=1.5"], "eta=1.5 must lie in [0, 1]"),
+        (["train", "smoke", "lam=abc"], "lam"),
+        (["train", "smoke", "data.colour=red"], "data.colour"),
+        (["train", "smoke", "process=E(1,2)"], "D(eta,lam)"),
+        (["train", "smoke", "model=resnet21"], "did you mean"),
+        (["train", "smoke", "k=1"], "k=1 must be >= 2"),
+        (["train", "smoke", "schedule.epochs=0"], "schedule.epochs=0"),
+        (["train", "smoke", "data.name=cifar100", "data.root=/nonexistent/kdgen"], "cifar"),
+        (["train", "--resume", "/nonexistent/kdgen-run"], "holds no run"),
+        (["eval", "/nonexistent/kdgen-run"], "holds no run"),
+        (["status", "/nonexistent/kdgen-run"], "holds no run"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_status_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
+    argv = (
+        [*argv, f"out_dir={tmp_path / 'run'}"]
+        if argv[0] == "train" and "--resume" not in argv
+        else argv
+    )
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kdgen: error:")
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from kdgen.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "train", "smoke", "eta=2", f"out_dir={tmp_path}"])
+
+
+def test_train_then_eval_recomputes_the_same_test_metrics(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    code, out, _ = _run(capsys, "train", "smoke", *FAST, "--out", str(run))
+    assert code == 0 and "D(0.6,0.6)" in out and str(run) in out
+    code, out, _ = _run(capsys, "eval", str(run), "--device", "cpu")
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    evaluated = json.loads((run / "eval.json").read_text())
+    for trained, recomputed in zip(summary["generations"], evaluated["generations"], strict=True):
+        for key, value in trained["test"].items():
+            assert recomputed["test"][key] == pytest.approx(value, abs=1e-6), key
+
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = _run(capsys, "train", "smoke", *FAST, "--out", str(run))
+    assert code == 2 and "--force-new" in err
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    code, out, _ = _run(capsys, "status", str(run))
+    assert code == 0 and json.loads(out)["status"] == "finished"
+
+
+def test_eval_rejects_a_checkpoint_of_another_architecture(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "smoke", *FAST, "generations=0", "--out", str(run)]) == 0
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("model: tiny_cnn", "model: resnet8"))
+    code, _, err = _run(capsys, "eval", str(run), "--device", "cpu")
+    assert code == 2 and "tiny_cnn" in err and "resnet8" in err
+
+
+def test_python_dash_m_kdgen_works() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "kdgen", "train", "smoke", "eta=7"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in [0, 1]"
