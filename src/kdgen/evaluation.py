@@ -15,9 +15,12 @@ from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint
 
 
 def load_generation_model(
-    folder: RunFolder, generation: int, device: torch.device | str = "cpu"
+    run_dir: str | Path, generation: int, device: torch.device | str = "cpu"
 ) -> torch.nn.Module:
     """The final model of one generation of a run, in eval mode."""
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
+        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
     config = build_config(str(folder.config_path))
     dataset = load_data(config)
     return _load_model(folder, config, dataset, generation, torch.device(device))
