@@ -69,6 +69,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from kdgen.sweep import format_commands, plan_sweep, run_sweep
+
+    out = Path(args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}")
+    runs = plan_sweep(args.preset, args.processes, args.seeds, out, tuple(args.overrides))
+    if args.print:
+        print(format_commands(args.preset, runs))
+        return 0
+    run_sweep(args.preset, runs, out)
+    print(f"sweep folder: {out}  (tables and figures: kdgen report {out})")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from kdgen.config import list_presets, preset_description
 
@@ -124,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo preset")
     demo.add_argument("--out", help="the demo folder (default: runs/demo-<time>)")
     demo.set_defaults(func=cmd_demo)
+
+    sweep = sub.add_parser("sweep", help="run a grid of processes x seeds from one preset")
+    sweep.add_argument("preset", help="a preset name or a YAML config file")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    sweep.add_argument(
+        "--processes",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="D(eta,lam), or D(eta,lam):REG to set the regulariser (lsr, cp)",
+    )
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
+    sweep.add_argument("--out", help="the sweep folder (default: runs/sweep-<time>-<preset>)")
+    sweep.add_argument(
+        "--print",
+        action="store_true",
+        help="print one kdgen train command per run instead of running them",
+    )
+    sweep.set_defaults(func=cmd_sweep)
 
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="list the model names").set_defaults(func=cmd_models)

@@ -24,6 +24,7 @@ from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
 from kdgen.data.split import stratified_split, stratified_subset
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
+from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
 from kdgen.runs import RunFolder, load_checkpoint, save_checkpoint, unique_folder
 from kdgen.seeding import derive_seed
@@ -240,6 +241,17 @@ def _load_patriarch(config: Config, dataset: ImageDataset, device: torch.device)
     return model
 
 
+def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
+    """The training metrics and epochs of a shared patriarch, from its own run's summary."""
+    path = Path(config.patriarch or "")
+    run_dir = path if path.is_dir() else path.parent.parent
+    summary = RunFolder(run_dir).read_summary() or {"generations": []}
+    for entry in summary["generations"]:
+        if entry["generation"] == 0:
+            return entry.get("train"), entry.get("epochs", 0)
+    return None, 0
+
+
 def _model_checkpoint(
     config: Config, dataset: ImageDataset, generation: int, model: nn.Module, digest: str
 ) -> dict[str, Any]:
@@ -371,11 +383,13 @@ def _run_generations(
             continue
         if generation == 0 and config.patriarch:
             model = _load_patriarch(config, data.dataset, device)
-            final = {
-                name: evaluate(model, loader, evaluation, amp)[0]
+            evaluated = {
+                name: evaluate(model, loader, evaluation, amp)
                 for name, loader in data.eval_loaders.items()
             }
-            epochs = 0
+            final = {name: metrics for name, (metrics, _) in evaluated.items()}
+            logits = {name: split_logits for name, (_, split_logits) in evaluated.items()}
+            final["train"], epochs = _patriarch_training(config)
         else:
             folder.truncate_metrics(*_resume_point(folder, generation, digest))
             result = train_generation(
@@ -392,7 +406,11 @@ def _run_generations(
                 resume_state=_resume_state(folder, generation, digest),
                 progress=config.progress,
             )
-            final, epochs = result.final, schedule.epochs
+            final, logits, epochs = result.final, result.logits, schedule.epochs
+        folder.save_logits(
+            generation,
+            {name: (logits[name], loader.labels) for name, loader in data.eval_loaders.items()},
+        )
         save_checkpoint(
             folder.generation_checkpoint(generation),
             _model_checkpoint(config, data.dataset, generation, model, digest),
@@ -404,7 +422,38 @@ def _run_generations(
         folder.write_summary(summary)
         folder.write_metrics_csv()
         teacher = freeze(model)
+    summary["ensembles"] = _ensembles(folder, config.generations, evaluation)
+    folder.write_summary(summary)
     return teacher
+
+
+def ensemble_members(last_generation: int) -> dict[str, list[int]]:
+    """The ensembles of METHOD.md: all generations, and the last k for k = 2 and 3."""
+    everyone = list(range(last_generation + 1))
+    members = {"all": everyone}
+    for k in (2, 3):
+        if k < len(everyone):
+            members[f"last{k}"] = everyone[-k:]
+    return members if len(everyone) > 1 else {}
+
+
+def _ensembles(
+    folder: RunFolder, last_generation: int, evaluation: EvalSettings
+) -> list[dict[str, Any]]:
+    """Metrics of softmax-averaging ensembles, from the saved logits (no model reruns)."""
+    saved = {g: folder.load_logits(g) for g in range(last_generation + 1)}
+    entries = []
+    for name, members in ensemble_members(last_generation).items():
+        entry: dict[str, Any] = {"name": name, "members": members}
+        for split, (_, labels) in saved[members[0]].items():
+            entry[split] = ensemble_metrics(
+                [saved[g][split][0] for g in members],
+                labels,
+                evaluation.coarse_of_fine,
+                evaluation.k,
+            )
+        entries.append(entry)
+    return entries
 
 
 def _resume_point(folder: RunFolder, generation: int, digest: str) -> tuple[int, int]:

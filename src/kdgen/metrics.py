@@ -74,3 +74,15 @@ def classification_metrics(
     metrics.setdefault("dist_c", None)
     metrics.setdefault("dist_s", None)
     return metrics
+
+
+def ensemble_metrics(
+    member_logits: list[torch.Tensor],
+    labels: torch.Tensor,
+    coarse_of_fine: torch.Tensor | None = None,
+    k: int = 5,
+) -> dict[str, float | None]:
+    """Metrics of the ensemble that averages its members' softmax outputs (METHOD.md)."""
+    probs = torch.stack([torch.softmax(logits.float(), dim=1) for logits in member_logits])
+    # log of the mean probability is a valid logit vector: its softmax is the mean itself.
+    return classification_metrics(probs.mean(dim=0).log(), labels, coarse_of_fine, k)

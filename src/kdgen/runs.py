@@ -10,6 +10,7 @@ Layout (timm-style, one folder per run)::
       summary.json         final metrics per generation, and the method's settings
       checkpoints/gen{g}.pt  final model of generation g
       checkpoints/last.pt  latest resumable state of the generation in progress
+      logits/gen{g}.pt     generation g's validation and test logits (float16) and labels
       tb/                  TensorBoard scalars, when tensorboard is installed
 """
 
@@ -121,6 +122,24 @@ class RunFolder:
         self.summary_path = self.path / "summary.json"
         self.state_path = self.path / "run.json"
         self._tensorboard: Any = None
+
+    def logits_path(self, generation: int) -> Path:
+        return self.path / "logits" / f"gen{generation}.pt"
+
+    def save_logits(
+        self, generation: int, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Save a generation's (logits, labels) per split; logits as float16."""
+        payload = {
+            name: {"logits": logits.detach().to("cpu", torch.float16), "labels": labels.cpu()}
+            for name, (logits, labels) in splits.items()
+        }
+        save_checkpoint(self.logits_path(generation), {"generation": generation, "splits": payload})
+
+    def load_logits(self, generation: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """A generation's saved {split: (logits float16, labels)}."""
+        splits = load_checkpoint(self.logits_path(generation))["splits"]
+        return {name: (value["logits"], value["labels"]) for name, value in splits.items()}
 
     def generation_checkpoint(self, generation: int) -> Path:
         return self.checkpoints / f"gen{generation}.pt"
