@@ -87,7 +87,8 @@ class Config:
     patriarch: str | None = None
     seed: int = 0
     device: str = "auto"
-    channels_last: bool = True
+    # None: channels_last on CUDA only (on CPU it made a small CNN ~3.7x slower).
+    channels_last: bool | None = None
     amp: bool = True
     eval_every: int = 1
     out_dir: str | None = None
@@ -342,6 +343,11 @@ def validate(config: Config) -> Config:
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
     return config
+
+
+def use_channels_last(config: Config, device_type: str) -> bool:
+    """Whether to run in channels_last layout: as configured, or on CUDA only when unset."""
+    return device_type == "cuda" if config.channels_last is None else config.channels_last
 
 
 def to_yaml(config: Config) -> str:

@@ -19,14 +19,29 @@ import torch
 from torch import nn
 
 from kdgen import losses
-from kdgen.config import Config, build_config, config_diff, config_hash, schedule_for, to_yaml
+from kdgen.config import (
+    Config,
+    build_config,
+    config_diff,
+    config_hash,
+    schedule_for,
+    to_yaml,
+    use_channels_last,
+)
 from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
 from kdgen.data.split import stratified_split, stratified_subset
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
-from kdgen.runs import RunFolder, load_checkpoint, save_checkpoint, unique_folder
+from kdgen.runs import (
+    RunFolder,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    unique_folder,
+)
 from kdgen.seeding import derive_seed
 
 log = logging.getLogger("kdgen")
@@ -87,7 +102,7 @@ def prepare_data(
         "mean": dataset.mean,
         "std": dataset.std,
         "device": device,
-        "channels_last": config.channels_last,
+        "channels_last": use_channels_last(config, device.type),
     }
     train_loader = DeviceLoader(
         train,
@@ -111,7 +126,7 @@ def build_model(
     torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
     model = create_model(config.model, dataset.num_classes, dataset.in_channels)
     model = model.to(device)
-    if config.channels_last:
+    if use_channels_last(config, device.type):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -333,9 +348,15 @@ def train_generations(
     if not summary or summary.get("config_hash") != digest:
         summary = summary_header(config, dataset, digest)
     if not resume:
-        from kdgen.runs import atomic_write_text
-
         atomic_write_text(folder.config_path, to_yaml(config))
+        atomic_write_json(
+            folder.path / "classes.json",
+            {
+                "class_names": dataset.class_names,
+                "coarse_of_fine": dataset.coarse_of_fine,
+                "coarse_names": dataset.coarse_names,
+            },
+        )
     if config.tensorboard:
         folder.enable_tensorboard()
     folder.write_state("running", started=time.time())
