@@ -29,6 +29,8 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
             raise ValueError(f"model name {name!r} is registered twice")
         if name.startswith("tv:"):
             raise ValueError("the 'tv:' prefix is reserved for torchvision models")
+        if name.startswith("timm:"):
+            raise ValueError("the 'timm:' prefix is reserved for timm models")
         _REGISTRY[name] = factory
         return factory
 

@@ -1,0 +1,70 @@
+"""timm models (``timm:<name>``) behind the kdgen model interface.
+
+The model is built with ``timm.create_model(name, pretrained=False, num_classes=...,
+in_chans=...)`` and wrapped in :class:`TimmClassifier`: ``forward`` is timm's own forward,
+``forward_features`` is ``forward_head(forward_features(x), pre_logits=True)`` (the pooled
+penultimate features, flattened to ``(N, D)``), ``fc`` is timm's ``get_classifier()`` (which
+must be one ``nn.Linear`` with ``num_classes`` outputs) and ``num_features`` its input size.
+timm is optional: ``pip install 'kdgen[timm]'`` (or ``pip install timm``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from kdgen.errors import ConfigError
+from kdgen.models.registry import unknown_with_suggestions
+
+PREFIX = "timm:"
+
+
+def _import_timm(name: str) -> ModuleType:
+    """Import timm, or raise a one-line ConfigError saying how to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"{PREFIX}{name} needs timm: pip install 'kdgen[timm]'") from None
+    return timm
+
+
+class TimmClassifier(nn.Module):
+    """A timm model with the kdgen interface; ``fc`` is the model's own classifier."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        classifier = model.get_classifier()
+        if not isinstance(classifier, nn.Linear):
+            raise ConfigError("a timm model needs one nn.Linear classifier for kdgen")
+        self.num_features = classifier.in_features
+
+    @property
+    def fc(self) -> nn.Linear:
+        """The classifier (timm's ``get_classifier()``; not a second copy of its parameters)."""
+        return self.model.get_classifier()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (the classifier's input), shape ``(N, num_features)``."""
+        features = self.model.forward_features(x)
+        return torch.flatten(self.model.forward_head(features, pre_logits=True), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape ``(N, num_classes)``."""
+        return self.model(x)
+
+
+def create_timm_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Build timm's ``name`` (no pretrained weights) as a :class:`TimmClassifier`."""
+    timm = _import_timm(name)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise unknown_with_suggestions("timm model", PREFIX + name, [PREFIX + c for c in close])
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    classifier = model.get_classifier()
+    if not isinstance(classifier, nn.Linear) or classifier.out_features != num_classes:
+        raise ConfigError(f"{PREFIX}{name} has no single nn.Linear classifier; kdgen cannot use it")
+    return TimmClassifier(model)
