@@ -1,0 +1,430 @@
+"""The ``imagefolder`` data source: images in class folders, read from disk as they are used.
+
+The layout is ILSVRC2012's (and any user's data set in that shape)::
+
+    root/train/<class>/*.JPEG     the training images
+    root/val/<class>/*            the held-out images: this source's *test* split
+
+Class names are the folder names, sorted; when they are WordNet ids (``n01440764``) and
+WordNet 3.0 is installed, the class hierarchy comes from WordNet (or from a JSON file
+given by the caller). A validation split for selection is carved out of train/, stratified
+and seeded (:func:`stratified_indices`). Training images get a random-resized crop and a
+flip, evaluation images a resize to ``size * 256 / 224`` and a centre crop (ImageNet's
+recipe); both are normalised on the CPU workers. :class:`FolderLoader` serves the batches
+with the interface of :class:`~kdgen.data.tensors.DeviceLoader`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from kdgen.data.hierarchy import Hierarchy, looks_like_wnids, wordnet_hierarchy
+from kdgen.data.split import _rank_within_class
+from kdgen.errors import DataError
+from kdgen.seeding import seeded_generator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(
+    size: int = 224,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Callable[[Any], torch.Tensor]:
+    """RandomResizedCrop(size) + RandomHorizontalFlip, then a normalised float tensor."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_to_normalised_tensor(mean, std),
+        ]
+    )
+
+
+def eval_transform(
+    size: int = 224,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> Callable[[Any], torch.Tensor]:
+    """Resize(int(size * 256 / 224)) + CenterCrop(size), then a normalised float tensor."""
+    return v2.Compose(
+        [
+            v2.Resize(int(size * 256 / 224), antialias=True),
+            v2.CenterCrop(size),
+            *_to_normalised_tensor(mean, std),
+        ]
+    )
+
+
+def _to_normalised_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list[Any]:
+    """ToTensor + Normalize in transforms.v2 terms, ending in a plain tensor."""
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(mean), list(std)),
+        v2.ToPureTensor(),
+    ]
+
+
+class Transformed(Dataset):
+    """``(transform(image), label)`` of each item of a ``Subset`` of an ``ImageFolder``;
+    an unreadable image raises :class:`DataError` naming the file."""
+
+    def __init__(self, subset: Subset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.subset = subset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.subset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        folder: datasets.ImageFolder = self.subset.dataset  # type: ignore[assignment]
+        path, label = folder.samples[self.subset.indices[index]]
+        try:
+            image = folder.loader(path)
+        except (OSError, ValueError) as error:
+            raise DataError(
+                f"cannot read image {path} ({type(error).__name__}: {error}); "
+                "replace or delete the file"
+            ) from None
+        return self.transform(image), label
+
+
+def shard_batches(
+    count: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> list[list[int]]:
+    """The batches of indices one rank reads in one epoch.
+
+    The order is a seeded permutation when ``shuffle`` (partial last global batch dropped),
+    else ``0..count-1`` (kept). Each global batch of ``batch_size * world`` indices is cut
+    into ``world`` consecutive slices, rank ``r`` taking slice ``r``: the ranks' batches
+    together are exactly the single-process batches of ``batch_size * world`` (as
+    :class:`~kdgen.data.tensors.DeviceLoader` does). Empty trailing slices are left out.
+    """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise DataError(f"shard=({rank}, {world}) needs 0 <= rank < world")
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    global_batch = batch_size * world
+    steps = count // global_batch if shuffle else -(-count // global_batch)
+    batches = []
+    for step in range(steps):
+        start = step * global_batch + rank * batch_size
+        local = order[start : min(start + batch_size, (step + 1) * global_batch)]
+        if len(local):
+            batches.append(local.tolist())
+    return batches
+
+
+class EpochBatches:
+    """A batch sampler: this rank's batches of one epoch, from a permutation that is a
+    pure function of (seed, generation, epoch) when ``shuffle``; set :attr:`epoch` first."""
+
+    def __init__(
+        self,
+        count: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        generation: int,
+        shard: tuple[int, int],
+    ) -> None:
+        self.count, self.batch_size, self.shuffle = count, batch_size, shuffle
+        self.seed, self.generation, self.shard = seed, generation, shard
+        self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def batches(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            generator = seeded_generator(self.seed, self.generation, self.epoch)
+            batches = shard_batches(
+                self.count,
+                self.batch_size,
+                shuffle=self.shuffle,
+                generator=generator,
+                shard=self.shard,
+            )
+            self._cache = (self.epoch, batches)
+        return self._cache[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+class FolderLoader:
+    """Batches of images read from disk by DataLoader workers, moved to ``device``.
+
+    The interface of :class:`~kdgen.data.tensors.DeviceLoader`: ``device``,
+    :meth:`set_epoch`, ``len()`` and iteration over ``(images, labels)`` (float32
+    normalised images, channels_last when asked, int64 labels, both on the device).
+    With ``shuffle`` the order of an epoch is a pure function of (seed, generation, epoch,
+    shard) via :func:`kdgen.seeding.seeded_generator`; the partial last batch is dropped.
+    The random crops and flips are drawn by the workers' own generators and are not.
+    With ``shard=(rank, world)`` each rank reads its share (see :func:`shard_batches`).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        generation: int = 0,
+        channels_last: bool = True,
+        workers: int = 4,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size} must be at least 1")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        self.channels_last = channels_last
+        self.sampler = EpochBatches(
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            generation=generation,
+            shard=shard,
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches of dataset indices for the current epoch."""
+        return self.sampler.batches()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for images, labels in self.loader:
+                images = images.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                yield images, labels.to(self.device, non_blocking=True)
+        except DataError as error:  # from a worker: keep the original one-line message
+            self.close()
+            raise DataError(_last_line(str(error))) from None
+
+    def close(self) -> None:
+        """Stop the persistent workers now (they stop by themselves when the loader is
+        garbage collected); the next iteration starts new ones."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
+
+
+def _last_line(message: str) -> str:
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    prefix = f"{DataError.__module__}.{DataError.__name__}: "
+    return line.removeprefix(prefix)
+
+
+def stratified_indices(
+    labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[list[int], list[int]]:
+    """``(train_index, val_index)``, sorted: ``val_size`` items held out, the same share of
+    every class, chosen by ``seed``; the rule of :func:`kdgen.data.split.stratified_split`
+    (on the same labels and seed it selects the same items)."""
+    count = len(labels)
+    if not 0 <= val_size < count:
+        raise DataError(
+            f"data.val_size={val_size} must lie in [0, {count - 1}] for a training set of {count}"
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    classes, counts = torch.unique(shuffled, return_counts=True)
+    quota = counts.double() * val_size / count
+    take = quota.floor().long()
+    remainder = val_size - int(take.sum())
+    if remainder:
+        take[torch.argsort(quota - take, descending=True, stable=True)[:remainder]] += 1
+    class_quota = torch.zeros(int(shuffled.max()) + 1, dtype=torch.long)
+    class_quota[classes] = take
+    is_val = _rank_within_class(shuffled) < class_quota[shuffled]
+    return order[~is_val].sort().values.tolist(), order[is_val].sort().values.tolist()
+
+
+@dataclass
+class FolderData:
+    """A folder data set: the splits as ``Subset``s of torchvision ``ImageFolder``s (no
+    transform; :meth:`loaders` adds them), the classes and the normalisation."""
+
+    root: Path
+    train: Subset
+    val: Subset | None
+    test: Subset
+    class_names: list[str]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hierarchy: Hierarchy | None = None
+    workers: int = 4
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return 3
+
+    def loaders(
+        self,
+        batch_size: int,
+        eval_batch_size: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        generation: int = 0,
+        channels_last: bool = True,
+        shard: tuple[int, int] = (0, 1),
+    ) -> tuple[FolderLoader, dict[str, FolderLoader]]:
+        """The shuffled, augmented training loader and the evaluation loaders: ``"val"``
+        (only when a validation split was held out) and ``"test"``."""
+        if batch_size > len(self.train):
+            raise DataError(
+                f"data.batch_size={batch_size} exceeds the {len(self.train)} training images"
+            )
+        common: dict[str, Any] = {
+            "device": device,
+            "seed": seed,
+            "generation": generation,
+            "channels_last": channels_last,
+            "workers": self.workers,
+            "shard": shard,
+        }
+        augment = train_transform(self.image_size, self.mean, self.std)
+        evaluate = eval_transform(self.image_size, self.mean, self.std)
+        train = FolderLoader(Transformed(self.train, augment), batch_size, shuffle=True, **common)
+        splits = {"val": self.val, "test": self.test}
+        evals = {
+            name: FolderLoader(Transformed(split, evaluate), eval_batch_size, **common)
+            for name, split in splits.items()
+            if split is not None
+        }
+        return train, evals
+
+
+def load_image_folder(
+    root: str | Path,
+    *,
+    image_size: int = 224,
+    val_size: int = 0,
+    seed: int = 0,
+    workers: int = 4,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    hierarchy_file: str | Path | None = None,
+) -> FolderData:
+    """Index ``root/train`` and ``root/val`` (no image is read here) and hold out
+    ``val_size`` training images, stratified, chosen by ``seed``.
+
+    The hierarchy is read from ``hierarchy_file`` (see :meth:`Hierarchy.from_json`) when
+    given, else from WordNet when the class names are WordNet ids (None, with a warning,
+    when WordNet is not installed), else None.
+    """
+    root = Path(root).expanduser()
+    if image_size < 1 or len(mean) != 3 or len(std) != 3:
+        raise DataError("imagefolder needs image_size >= 1 and 3 values each of mean and std")
+    if not root.is_dir():
+        raise DataError(f"imagefolder root {root} does not exist; point data.root at it")
+    train_folder = _scan(root, "train")
+    test_folder = _scan(root, "val")
+    if train_folder.classes != test_folder.classes:
+        raise DataError(_class_mismatch(root, train_folder.classes, test_folder.classes))
+    labels = torch.tensor(train_folder.targets, dtype=torch.int64)
+    train_index, val_index = stratified_indices(labels, val_size, seed)
+    names = list(train_folder.classes)
+    return FolderData(
+        root=root,
+        train=Subset(train_folder, train_index),
+        val=Subset(train_folder, val_index) if val_size > 0 else None,
+        test=Subset(test_folder, list(range(len(test_folder)))),
+        class_names=names,
+        image_size=image_size,
+        mean=tuple(mean),
+        std=tuple(std),
+        hierarchy=_hierarchy(names, hierarchy_file),
+        workers=workers,
+    )
+
+
+def _scan(root: Path, split: str) -> datasets.ImageFolder:
+    """The ImageFolder of ``root/split``, every class folder holding at least one image."""
+    folder = root / split
+    if not folder.is_dir():
+        raise DataError(
+            f"imagefolder: {folder} is missing; the layout is {root}/train/<class>/<images> "
+            f"and {root}/val/<class>/<images>"
+        )
+    try:
+        data = datasets.ImageFolder(str(folder), allow_empty=True)
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(
+            f"imagefolder: cannot index {folder} ({error}); it needs one sub-folder per class"
+        ) from None
+    counts = torch.bincount(
+        torch.tensor(data.targets, dtype=torch.int64), minlength=len(data.classes)
+    )
+    empty = [name for name, n in zip(data.classes, counts.tolist(), strict=True) if n == 0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(
+            f"imagefolder: {len(empty)} class folder(s) of {folder} hold no images: {shown}; "
+            "add images (.jpg, .jpeg, .png, ...) or remove the folders"
+        )
+    return data
+
+
+def _class_mismatch(root: Path, train: list[str], test: list[str]) -> str:
+    only_train = sorted(set(train) - set(test))[:5]
+    only_test = sorted(set(test) - set(train))[:5]
+    return (
+        f"imagefolder: {root}/train and {root}/val hold different classes (only in train: "
+        f"{only_train}, only in val: {only_test}); give both the same class folders"
+    )
+
+
+def _hierarchy(names: list[str], hierarchy_file: str | Path | None) -> Hierarchy | None:
+    if hierarchy_file is not None:
+        return Hierarchy.from_json(hierarchy_file, names)
+    if looks_like_wnids(names):
+        return wordnet_hierarchy(names)
+    return None
