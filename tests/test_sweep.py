@@ -1,0 +1,120 @@
+"""kdgen sweep: the plan, paired patriarchs, resumable execution; and saved ensembles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdgen.cli import main
+from kdgen.errors import ConfigError
+from kdgen.generations import ensemble_members
+from kdgen.metrics import classification_metrics, ensemble_metrics
+from kdgen.runs import RunFolder
+from kdgen.sweep import parse_spec, plan_sweep, run_sweep
+from tests.conftest import FAST
+
+
+def test_parse_spec() -> None:
+    assert parse_spec("D(0.6,0.6)") == ("D(0.6,0.6)", None)
+    assert parse_spec("D(0.6, 0.6):lsr") == ("D(0.6,0.6)", "lsr")
+    for bad in ("D(0.6)", "E(1,2)", "D(0.6,0.6):xyz", "D(0.6,0.6)lsr"):
+        with pytest.raises(ConfigError):
+            parse_spec(bad)
+
+
+def test_plan_pairs_patriarchs_within_a_seed(tmp_path: Path) -> None:
+    specs = ["D(1.0,0.0)", "D(1.0,0.6)", "D(0.6,0.6)", "D(0.7,0.6)", "D(0.6,0.5)", "D(0.6,0.6):cp"]
+    runs = plan_sweep("smoke", specs, [0, 1], tmp_path)
+    assert len(runs) == 12
+    by_key = {(r.label, r.seed): r for r in runs}
+    assert by_key["D(1.0,0.6)", 0].shares_patriarch_of == by_key["D(1.0,0.0)", 0].path
+    assert by_key["D(1.0,0.6)", 1].shares_patriarch_of == by_key["D(1.0,0.0)", 1].path
+    assert by_key["D(0.6,0.5)", 0].shares_patriarch_of == by_key["D(0.6,0.6)", 0].path
+    for own in ("D(1.0,0.0)", "D(0.6,0.6)", "D(0.7,0.6)", "D(0.6,0.6):cp"):
+        assert by_key[own, 0].shares_patriarch_of is None
+    assert "regularizer=cp" in by_key["D(0.6,0.6):cp", 0].overrides
+    assert len({r.path for r in runs}) == 12
+
+
+def test_sweep_print_emits_one_command_per_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "sweep",
+            "smoke",
+            "--processes",
+            "D(1.0,0.0)",
+            "D(1.0,0.6)",
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "--print",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == 6
+    assert all(line.startswith("kdgen train smoke") for line in lines)
+    assert sum("patriarch=" in line for line in lines) == 3
+
+
+def test_sweep_runs_shares_the_patriarch_and_skips_finished_runs(tmp_path: Path) -> None:
+    runs = plan_sweep(
+        "smoke", ["D(1.0,0.0)", "D(1.0,0.6)"], [0], tmp_path, (*FAST, "generations=1")
+    )
+    results = run_sweep("smoke", runs, tmp_path)
+    strict, born_again = (r.summary for r in results)
+    assert born_again["generations"][0]["test"] == strict["generations"][0]["test"]
+    assert born_again["generations"][0]["train"] == strict["generations"][0]["train"]
+    plan = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["label"] for r in plan["runs"]] == ["D(1.0,0.0)", "D(1.0,0.6)"]
+    before = (Path(runs[1].path) / "summary.json").read_bytes()
+    again = run_sweep("smoke", runs, tmp_path)
+    assert again[1].summary == born_again
+    assert (Path(runs[1].path) / "summary.json").read_bytes() == before
+
+
+def test_ensemble_members() -> None:
+    assert ensemble_members(0) == {}
+    assert ensemble_members(1) == {"all": [0, 1]}
+    assert ensemble_members(2) == {"all": [0, 1, 2], "last2": [1, 2]}
+    assert ensemble_members(4) == {"all": [0, 1, 2, 3, 4], "last2": [3, 4], "last3": [2, 3, 4]}
+
+
+def test_ensemble_averages_probabilities_not_logits() -> None:
+    a = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    labels = torch.tensor([1, 1])
+    metrics = ensemble_metrics([a, b], labels)
+    probs = (torch.softmax(a, 1) + torch.softmax(b, 1)) / 2
+    assert metrics["mean_max_prob"] == pytest.approx(probs.max(1).values.mean().item())
+    assert metrics["top1"] == 0.5  # image 0: class 0 wins on average probability
+    assert metrics == classification_metrics(probs.log(), labels)
+
+
+def test_run_saves_logits_and_ensembles(fast_config) -> None:  # type: ignore[no-untyped-def]
+    from kdgen.generations import train_generations
+
+    result = train_generations(fast_config("generations=2"))
+    folder = RunFolder(result.path)
+    saved = [folder.load_logits(g) for g in range(3)]
+    for generation in saved:
+        logits, labels = generation["test"]
+        assert logits.dtype == torch.float16 and logits.shape == (200, 100)
+        assert labels.dtype == torch.int64
+    names = [e["name"] for e in result.summary["ensembles"]]
+    assert names == ["all", "last2"]
+    everyone = result.summary["ensembles"][0]
+    expected = ensemble_metrics(
+        [s["test"][0] for s in saved],
+        saved[0]["test"][1],
+        torch.tensor(json.loads((result.path / "classes.json").read_text())["coarse_of_fine"]),
+    )
+    assert everyone["members"] == [0, 1, 2]
+    assert everyone["test"] == expected
