@@ -78,7 +78,9 @@ def test_one_generation_really_learns() -> None:
         data.eval_loaders,
         config.schedule,
         make_loss(config, 0),
-        evaluation=EvalSettings(torch.tensor(data.dataset.coarse_of_fine), config.k),
+        evaluation=EvalSettings(
+            coarse_of_fine=torch.tensor(data.dataset.coarse_of_fine), k=config.k
+        ),
         hooks=Recorder(),
     )
     chance = 1 / data.dataset.num_classes

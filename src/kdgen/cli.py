@@ -84,6 +84,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdgen.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
+    path = write_report([Path(d) for d in args.dirs], out, per_class_examples=args.classes)
+    print(
+        f"wrote {path}, {path.with_suffix('.html')}, {out / 'accuracy.png'}, "
+        f"{out / 'secondary.png'}"
+    )
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from kdgen.transfer import format_transfer_table, transfer_path, transfer_run
+
+    result = transfer_run(
+        args.run_dir,
+        args.data,
+        root=args.root,
+        download=args.download,
+        device=args.device,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        C=args.C,
+        seed=args.seed,
+    )
+    print(format_transfer_table(result))
+    print(f"wrote {transfer_path(args.run_dir, args.data)}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from kdgen.config import list_presets, preset_description
 
@@ -158,6 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one kdgen train command per run instead of running them",
     )
     sweep.set_defaults(func=cmd_sweep)
+
+    report = sub.add_parser("report", help="tables and figures from run or sweep folders")
+    report.add_argument("dirs", nargs="+", help="run folders or sweep folders")
+    report.add_argument("--out", help="where to write (default: FIRST_DIR/report)")
+    report.add_argument(
+        "--classes", type=int, default=6, help="classes shown in the per-class secondary view"
+    )
+    report.set_defaults(func=cmd_report)
+
+    transfer = sub.add_parser(
+        "transfer", help="linear probe on each generation's features on another data set"
+    )
+    transfer.add_argument("run_dir")
+    transfer.add_argument("--data", required=True, help="the second data set, e.g. fashion-mnist")
+    transfer.add_argument("--root", help="where that data set lives")
+    transfer.add_argument("--download", action="store_true")
+    transfer.add_argument("--train-subset", type=int, help="stratified subset of its train split")
+    transfer.add_argument("--test-subset", type=int, help="stratified subset of its test split")
+    transfer.add_argument("--C", type=float, default=1.0, help="inverse L2 strength")
+    transfer.add_argument("--seed", type=int, default=0)
+    transfer.add_argument("--device", default="auto")
+    transfer.set_defaults(func=cmd_transfer)
 
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="list the model names").set_defaults(func=cmd_models)

@@ -47,6 +47,11 @@ class DataConfig:
     eval_batch_size: int = 500
     crop_padding: int = 4
     flip: bool = True
+    # A JSON class hierarchy (class -> parent, or class -> coarse label) for Dist^C/S.
+    hierarchy: str | None = None
+    # imagefolder only: crop size and DataLoader workers.
+    image_size: int = 224
+    workers: int = 4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -330,6 +335,8 @@ def validate(config: Config) -> Config:
     _check(data.eval_batch_size >= 1, f"data.eval_batch_size={data.eval_batch_size} must be >= 1")
     _check(data.val_size >= 0, f"data.val_size={data.val_size} must be >= 0")
     _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
+    _check(data.image_size >= 1, f"data.image_size={data.image_size} must be >= 1")
+    _check(data.workers >= 0, f"data.workers={data.workers} must be >= 0")
     _check(
         data.train_subset is None or data.train_subset >= 1,
         f"data.train_subset={data.train_subset} must be >= 1",

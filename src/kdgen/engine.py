@@ -36,7 +36,10 @@ class Hooks:
 
 @dataclass
 class EvalSettings:
+    """What an evaluation computes: the hierarchy of Dist^C/Dist^S, K, and how often."""
+
     coarse_of_fine: torch.Tensor | None = None
+    distance: torch.Tensor | None = None
     k: int = 5
     every: int = 1
 
@@ -45,7 +48,8 @@ class EvalSettings:
 class GenerationResult:
     model: nn.Module
     final: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The last evaluation's (logits, labels) per split.
+    outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -117,10 +121,13 @@ def predict(
 
 def evaluate(
     model: nn.Module, loader: DeviceLoader, settings: EvalSettings, amp: bool = True
-) -> tuple[dict[str, float | None], torch.Tensor]:
+) -> tuple[dict[str, float | None], torch.Tensor, torch.Tensor]:
+    """Metrics, logits and labels of one split."""
     logits, labels = predict(model, loader, amp)
-    metrics = classification_metrics(logits, labels, settings.coarse_of_fine, settings.k)
-    return metrics, logits
+    metrics = classification_metrics(
+        logits, labels, settings.coarse_of_fine, settings.k, settings.distance
+    )
+    return metrics, logits, labels
 
 
 def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Tensor | None:
@@ -170,12 +177,12 @@ def _evaluate_all(
     amp: bool,
     log: Callable[[str, dict[str, Any]], None],
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, torch.Tensor]]:
-    metrics_by_split, logits_by_split = {}, {}
+    metrics_by_split, outputs = {}, {}
     for split, loader in eval_loaders.items():
-        metrics, logits = evaluate(model, loader, evaluation, amp)
+        metrics, logits, labels = evaluate(model, loader, evaluation, amp)
         log(split, metrics)
-        metrics_by_split[split], logits_by_split[split] = metrics, logits
-    return metrics_by_split, logits_by_split
+        metrics_by_split[split], outputs[split] = metrics, (logits, labels)
+    return metrics_by_split, outputs
 
 
 def train_generation(
@@ -234,7 +241,7 @@ def train_generation(
         log("train", {"lr": optimizer.param_groups[0]["lr"], **train_metrics})
         postfix = {"loss": f"{train_metrics['loss']:.3f}", "acc": f"{train_metrics['top1']:.3f}"}
         if epoch % evaluation.every == 0 or epoch == schedule.epochs:
-            result.final, result.logits = _evaluate_all(model, eval_loaders, evaluation, amp, log)
+            result.final, result.outputs = _evaluate_all(model, eval_loaders, evaluation, amp, log)
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
         bar.update(1)
         bar.set_postfix(postfix)
@@ -252,7 +259,7 @@ def train_generation(
     bar.close()
     if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
         model.eval()
-        result.final, result.logits = _evaluate_all(
+        result.final, result.outputs = _evaluate_all(
             model, eval_loaders, evaluation, amp, lambda split, metrics: None
         )
     result.final["train"] = train_metrics

@@ -8,9 +8,16 @@ from typing import Any
 import torch
 
 from kdgen.config import build_config, config_hash
-from kdgen.engine import EvalSettings, evaluate
+from kdgen.engine import evaluate
 from kdgen.errors import CheckpointError, RunDirError
-from kdgen.generations import build_model, load_data, prepare_data, resolve_device, summary_header
+from kdgen.generations import (
+    build_model,
+    evaluation_settings,
+    load_data,
+    prepare_data,
+    resolve_device,
+    summary_header,
+)
 from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint
 
 
@@ -59,14 +66,12 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
             f"split '{split}' is not evaluated in this run; use one of "
             f"{', '.join(data.eval_loaders)}"
         )
-    settings = EvalSettings(
-        None if dataset.coarse_of_fine is None else torch.tensor(dataset.coarse_of_fine), config.k
-    )
+    settings = evaluation_settings(config, dataset)
     summary = summary_header(config, dataset, config_hash(config))
     generation = 0
     while folder.generation_checkpoint(generation).exists():
         model = _load_model(folder, config, dataset, generation, torch_device)
-        metrics, _ = evaluate(model, data.eval_loaders[split], settings, config.amp)
+        metrics = evaluate(model, data.eval_loaders[split], settings, config.amp)[0]
         summary["generations"].append({"generation": generation, split: metrics})
         generation += 1
     if generation == 0:

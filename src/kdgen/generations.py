@@ -29,6 +29,8 @@ from kdgen.config import (
     use_channels_last,
 )
 from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
+from kdgen.data.hierarchy import Hierarchy
+from kdgen.data.imagefolder import FolderData, FolderLoader, load_image_folder
 from kdgen.data.split import stratified_split, stratified_subset
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
@@ -52,9 +54,9 @@ _SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
 
 @dataclass
 class PreparedData:
-    dataset: ImageDataset
-    train_loader: DeviceLoader
-    eval_loaders: dict[str, DeviceLoader]
+    dataset: ImageDataset | FolderData
+    train_loader: DeviceLoader | FolderLoader
+    eval_loaders: dict[str, DeviceLoader | FolderLoader]
 
 
 @dataclass
@@ -72,19 +74,65 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_data(config: Config) -> ImageDataset:
+DataSource = ImageDataset | FolderData
+
+
+def load_data(config: Config) -> DataSource:
+    """The configured data set: in-memory tensors, or an image folder read by workers."""
     data = config.data
+    if data.name == "imagefolder":
+        if not data.root:
+            raise ConfigError("data.name=imagefolder needs data.root=DIR (with train/ and val/)")
+        return load_image_folder(
+            data.root,
+            image_size=data.image_size,
+            val_size=data.val_size,
+            seed=derive_seed(config.seed, _VAL_SALT),
+            workers=data.workers,
+            hierarchy_file=data.hierarchy,
+        )
     options = dict(vars(data.synthetic)) if data.name == "synthetic" else {}
     return load_dataset(data.name, data.root, data.download, **options)
 
 
+def build_hierarchy(config: Config, source: DataSource) -> Hierarchy | None:
+    """The class hierarchy for Dist^C and Dist^S: a user's file, else the data set's own."""
+    if isinstance(source, FolderData):
+        return source.hierarchy
+    if config.data.hierarchy:
+        return Hierarchy.from_json(config.data.hierarchy, source.class_names)
+    if source.coarse_of_fine is None:
+        return None
+    return Hierarchy.from_coarse(source.coarse_of_fine, source.class_names, source.coarse_names)
+
+
+def evaluation_settings(config: Config, source: DataSource) -> EvalSettings:
+    hierarchy = build_hierarchy(config, source)
+    if hierarchy is None:
+        return EvalSettings(k=config.k, every=config.eval_every)
+    return EvalSettings(
+        coarse_of_fine=hierarchy.coarse_of_fine(),
+        distance=hierarchy.distance_matrix(),
+        k=config.k,
+        every=config.eval_every,
+    )
+
+
 def prepare_data(
-    config: Config, device: torch.device, dataset: ImageDataset | None = None
+    config: Config, device: torch.device, dataset: DataSource | None = None
 ) -> PreparedData:
     """Loaders for one run. The training subset and the validation split depend on the
     seed alone, so every process run with one seed sees the same data."""
     dataset = dataset or load_data(config)
     data = config.data
+    channels_last = use_channels_last(config, device.type)
+    if isinstance(dataset, FolderData):
+        if data.train_subset is not None:
+            raise ConfigError("data.train_subset is not supported for imagefolder data")
+        train_loader, eval_loaders = dataset.loaders(
+            data.batch_size, data.eval_batch_size, device, config.seed, 0, channels_last
+        )
+        return PreparedData(dataset, train_loader, eval_loaders)
     train = dataset.train
     if data.train_subset is not None:
         train = stratified_subset(train, data.train_subset, derive_seed(config.seed, _SUBSET_SALT))
@@ -102,7 +150,7 @@ def prepare_data(
         "mean": dataset.mean,
         "std": dataset.std,
         "device": device,
-        "channels_last": use_channels_last(config, device.type),
+        "channels_last": channels_last,
     }
     train_loader = DeviceLoader(
         train,
@@ -331,6 +379,15 @@ def _generation_entry(generation: int, final: dict[str, Any], epochs: int) -> di
     }
 
 
+def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
+    """``classes.json``: class names and the coarse groups used by Dist^C."""
+    coarse = evaluation.coarse_of_fine
+    return {
+        "class_names": source.class_names,
+        "coarse_of_fine": None if coarse is None else coarse.tolist(),
+    }
+
+
 def train_generations(
     config: Config, *, resume: bool = False, force_new: bool = False
 ) -> RunResult:
@@ -344,6 +401,7 @@ def train_generations(
             f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
         )
     data = prepare_data(config, device, dataset)
+    evaluation = evaluation_settings(config, dataset)
     summary = folder.read_summary() if resume else None
     if not summary or summary.get("config_hash") != digest:
         summary = summary_header(config, dataset, digest)
@@ -351,22 +409,11 @@ def train_generations(
         atomic_write_text(folder.config_path, to_yaml(config))
         atomic_write_json(
             folder.path / "classes.json",
-            {
-                "class_names": dataset.class_names,
-                "coarse_of_fine": dataset.coarse_of_fine,
-                "coarse_names": dataset.coarse_names,
-            },
+            classes_record(evaluation, dataset),
         )
     if config.tensorboard:
         folder.enable_tensorboard()
     folder.write_state("running", started=time.time())
-    evaluation = EvalSettings(
-        coarse_of_fine=None
-        if dataset.coarse_of_fine is None
-        else torch.tensor(dataset.coarse_of_fine),
-        k=config.k,
-        every=config.eval_every,
-    )
     hooks = RunHooks(folder, digest)
     try:
         teacher = _run_generations(config, folder, data, summary, digest, evaluation, hooks, device)
@@ -408,8 +455,8 @@ def _run_generations(
                 name: evaluate(model, loader, evaluation, amp)
                 for name, loader in data.eval_loaders.items()
             }
-            final = {name: metrics for name, (metrics, _) in evaluated.items()}
-            logits = {name: split_logits for name, (_, split_logits) in evaluated.items()}
+            final = {name: value[0] for name, value in evaluated.items()}
+            outputs = {name: (value[1], value[2]) for name, value in evaluated.items()}
             final["train"], epochs = _patriarch_training(config)
         else:
             folder.truncate_metrics(*_resume_point(folder, generation, digest))
@@ -427,11 +474,8 @@ def _run_generations(
                 resume_state=_resume_state(folder, generation, digest),
                 progress=config.progress,
             )
-            final, logits, epochs = result.final, result.logits, schedule.epochs
-        folder.save_logits(
-            generation,
-            {name: (logits[name], loader.labels) for name, loader in data.eval_loaders.items()},
-        )
+            final, outputs, epochs = result.final, result.outputs, schedule.epochs
+        folder.save_logits(generation, outputs)
         save_checkpoint(
             folder.generation_checkpoint(generation),
             _model_checkpoint(config, data.dataset, generation, model, digest),
@@ -472,6 +516,7 @@ def _ensembles(
                 labels,
                 evaluation.coarse_of_fine,
                 evaluation.k,
+                evaluation.distance,
             )
         entries.append(entry)
     return entries

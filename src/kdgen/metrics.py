@@ -30,17 +30,38 @@ def dist_coarse(
     return outside.double().mean()
 
 
+def two_level_distance(coarse_of_fine: torch.Tensor) -> torch.Tensor:
+    """Tree distances of a two-level hierarchy: 1 between siblings, 2 otherwise, 0 on the
+    diagonal."""
+    different = coarse_of_fine[:, None] != coarse_of_fine[None, :]
+    distance = 1.0 + different.double()
+    distance.fill_diagonal_(0.0)
+    return distance
+
+
 def dist_semantic(
-    probs: torch.Tensor, labels: torch.Tensor, coarse_of_fine: torch.Tensor, k: int
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    coarse_of_fine: torch.Tensor | None,
+    k: int,
+    distance: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dist^S on a two-level hierarchy: probability-weighted tree distance of S to y."""
+    """Dist^S: probability-weighted tree distance d(y, c) of the secondary classes S.
+
+    ``distance[y, c]`` counts the edges from y up to the lowest common ancestor with c
+    (see ``kdgen.data.hierarchy``); without it, the two-level rule of ``coarse_of_fine``.
+    """
+    if distance is None:
+        if coarse_of_fine is None:
+            raise ValueError("dist_semantic needs coarse_of_fine or a distance matrix")
+        distance = two_level_distance(coarse_of_fine)
     secondary = secondary_classes(probs, labels, k)
     weights = probs.gather(1, secondary).double()
     total = weights.sum(dim=1, keepdim=True)
     # An image whose secondary mass underflows to 0 weighs its classes equally.
     weights = torch.where(total > 0, weights / total.clamp_min(1e-300), 1.0 / (k - 1))
-    distance = 1.0 + (coarse_of_fine[secondary] != coarse_of_fine[labels][:, None]).double()
-    return (weights * distance).sum(dim=1).mean()
+    distances = distance.to(probs.device, torch.float64)[labels[:, None], secondary]
+    return (weights * distances).sum(dim=1).mean()
 
 
 def classification_metrics(
@@ -48,8 +69,13 @@ def classification_metrics(
     labels: torch.Tensor,
     coarse_of_fine: torch.Tensor | None = None,
     k: int = 5,
+    distance: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
-    """All per-split metrics of METHOD.md from (N, C) logits; accuracies are fractions."""
+    """All per-split metrics of METHOD.md from (N, C) logits; accuracies are fractions.
+
+    Dist^C needs ``coarse_of_fine``; Dist^S uses ``distance`` (C, C) when given, else the
+    two-level distances of ``coarse_of_fine``. Both are None without a hierarchy.
+    """
     logits = logits.float()
     labels = labels.to(logits.device)
     log_probs = torch.log_softmax(logits, dim=1)
@@ -68,7 +94,7 @@ def classification_metrics(
     if coarse_of_fine is not None and 2 <= k <= num_classes:
         coarse = coarse_of_fine.to(logits.device)
         values["dist_c"] = dist_coarse(probs, labels, coarse, k)
-        values["dist_s"] = dist_semantic(probs, labels, coarse, k)
+        values["dist_s"] = dist_semantic(probs, labels, coarse, k, distance)
     stacked = torch.stack(list(values.values())).tolist()  # one host sync for all metrics
     metrics: dict[str, float | None] = dict(zip(values, stacked, strict=True))
     metrics.setdefault("dist_c", None)
@@ -81,8 +107,9 @@ def ensemble_metrics(
     labels: torch.Tensor,
     coarse_of_fine: torch.Tensor | None = None,
     k: int = 5,
+    distance: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
     """Metrics of the ensemble that averages its members' softmax outputs (METHOD.md)."""
     probs = torch.stack([torch.softmax(logits.float(), dim=1) for logits in member_logits])
     # log of the mean probability is a valid logit vector: its softmax is the mean itself.
-    return classification_metrics(probs.mean(dim=0).log(), labels, coarse_of_fine, k)
+    return classification_metrics(probs.mean(dim=0).log(), labels, coarse_of_fine, k, distance)

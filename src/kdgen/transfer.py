@@ -342,9 +342,9 @@ def transfer_run(
     config = build_config(str(folder.config_path))
     source = load_data(config)
     torch_device = resolve_device(device)
-    adapter = InputAdapter(
-        source.in_channels, source.image_size, use_channels_last(config, torch_device.type)
-    )
+    size = source.image_size
+    size = (size, size) if isinstance(size, int) else size
+    adapter = InputAdapter(source.in_channels, size, use_channels_last(config, torch_device.type))
     adaptation = adapter.describe(target.in_channels, target.image_size)
     train = _subset(target.train, train_subset, derive_seed(seed, _TRAIN_SALT))
     test = _subset(target.test, test_subset, derive_seed(seed, _TEST_SALT))
