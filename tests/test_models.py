@@ -27,7 +27,9 @@ def n_params(model: nn.Module) -> int:
 
 def test_list_models() -> None:
     names = list_models()
-    assert [n for n in names if n.startswith("resnet")] == [f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)]
+    assert [n for n in names if n.startswith("resnet")] == [
+        f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)
+    ]
     assert "tiny_cnn" in names
 
 
