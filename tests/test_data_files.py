@@ -1,4 +1,4 @@
-"""Tests of the CIFAR-100 and Fashion-MNIST file loaders, downloads and safe tar extraction."""
+"""Tests of the CIFAR-100/-10 and Fashion-MNIST file loaders, downloads and safe tar extraction."""
 
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from kdgen.data.cifar import CIFAR100_MEAN, CIFAR100_STD, CIFAR100_URL, load_cifar100
+from kdgen.data import load_dataset
+from kdgen.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10_URL,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR100_URL,
+    load_cifar10,
+    load_cifar100,
+)
 from kdgen.data.download import download_file, safe_extract_tar
 from kdgen.data.fashion_mnist import DEBIAN_DIR, FILES, load_fashion_mnist
 from kdgen.errors import DataError
@@ -248,6 +258,138 @@ def test_cifar100_download_checksum_mismatch(tmp_path: Path, http_root: tuple[st
     root = tmp_path / "root"
     with pytest.raises(DataError, match="checksum mismatch") as info:
         load_cifar100(root, download=True, url=f"{base_url}/cifar-100-python.tar.gz", md5="0" * 32)
+    assert "0" * 32 in str(info.value)
+    assert list(root.iterdir()) == []
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+CIFAR10_CLASSES = 10
+CIFAR10_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def _cifar10_entry(per_class: int, seed: int) -> dict[bytes, object]:
+    """One CIFAR-10 batch in the official layout: b'data' N x 3072 uint8, b'labels' list."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(CIFAR10_CLASSES), per_class)
+    rng.shuffle(labels)
+    return {
+        b"batch_label": f"batch {seed}".encode(),
+        b"labels": labels.tolist(),
+        b"data": rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{i}.png".encode() for i in range(labels.size)],
+    }
+
+
+def write_cifar10(folder: Path, per_class: int = 2) -> Path:
+    """A tiny CIFAR-10 (``per_class`` images per class in each of the six batch files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate([*CIFAR10_BATCHES, "test_batch"]):
+        _dump(folder / name, _cifar10_entry(per_class, seed))
+    meta = {
+        b"num_cases_per_batch": CIFAR10_CLASSES * per_class,
+        b"label_names": [f"class{i}".encode() for i in range(CIFAR10_CLASSES)],
+        b"num_vis": 3072,
+    }
+    _dump(folder / "batches.meta", meta)
+    return folder
+
+
+def write_cifar10_tarball(path: Path, work: Path) -> Path:
+    """An official-style ``cifar-10-python.tar.gz`` at ``path``."""
+    folder = write_cifar10(work / "cifar-10-batches-py")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return path
+
+
+def _check_cifar10(dataset) -> None:
+    assert dataset.name == "cifar10"
+    assert dataset.train.images.shape == (5 * 2 * CIFAR10_CLASSES, 3, 32, 32)
+    assert dataset.test.images.shape == (2 * CIFAR10_CLASSES, 3, 32, 32)
+    assert dataset.train.images.dtype == torch.uint8
+    assert dataset.train.labels.dtype == torch.int64
+    assert dataset.num_classes == CIFAR10_CLASSES
+    assert dataset.class_names == [f"class{i}" for i in range(CIFAR10_CLASSES)]
+    assert dataset.coarse_of_fine is None
+    assert dataset.coarse_names is None
+    assert dataset.mean == CIFAR10_MEAN
+    assert dataset.std == CIFAR10_STD
+    # Batches are concatenated in order data_batch_1 .. data_batch_5.
+    entries = [_cifar10_entry(2, seed) for seed in range(6)]
+    labels = [label for entry in entries[:5] for label in entry[b"labels"]]
+    assert dataset.train.labels.tolist() == labels
+    assert dataset.test.labels.tolist() == entries[5][b"labels"]
+    data = entries[1][b"data"]  # data_batch_2, first image at train index 20
+    assert int(dataset.train.images[20 + 7, 1, 4, 9]) == int(data[7, 1024 + 4 * 32 + 9])
+
+
+def test_cifar10_from_official_folder(tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    dataset = load_cifar10(tmp_path)
+    _check_cifar10(dataset)
+    assert dataset.extra["folder"] == str(tmp_path / "cifar-10-batches-py")
+
+
+def test_cifar10_from_tarball(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    write_cifar10_tarball(root / "cifar-10-python.tar.gz", tmp_path / "work")
+    _check_cifar10(load_cifar10(root))
+    assert (root / "cifar-10-batches-py" / "batches.meta").is_file()
+
+
+def test_cifar10_registered(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)  # files in the root itself
+    _check_cifar10(load_dataset("cifar10", str(tmp_path)))
+
+
+def test_cifar10_missing_names_url_and_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_cifar10(tmp_path)
+    message = str(info.value)
+    assert "CIFAR-10 not found" in message
+    assert CIFAR10_URL in message
+    assert "data.download=true" in message
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "\n" not in message
+
+
+def test_cifar10_missing_batch_file(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3\)") as info:
+        load_cifar10(tmp_path)
+    assert CIFAR10_URL in str(info.value)
+
+
+def test_cifar10_corrupt_batch_names_cifar10(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path / "cifar-10-batches-py")
+    entry = _cifar10_entry(2, 3)
+    entry[b"labels"][0] = CIFAR10_CLASSES
+    _dump(folder / "data_batch_4", entry)
+    with pytest.raises(DataError, match=r"CIFAR-10 file .*data_batch_4.*\[0, 9\]") as info:
+        load_cifar10(tmp_path)
+    assert "cifar-10-batches-py folder" in str(info.value)
+
+
+def test_cifar10_download_checksum_ok(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, served = http_root
+    archive = write_cifar10_tarball(served / "cifar-10-python.tar.gz", tmp_path / "work")
+    root = tmp_path / "root"
+    dataset = load_cifar10(
+        root, download=True, url=f"{base_url}/cifar-10-python.tar.gz", md5=_md5(archive)
+    )
+    _check_cifar10(dataset)
+    assert _md5(root / "cifar-10-python.tar.gz") == _md5(archive)
+
+
+def test_cifar10_download_checksum_mismatch(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    base_url, served = http_root
+    write_cifar10_tarball(served / "cifar-10-python.tar.gz", tmp_path / "work")
+    root = tmp_path / "root"
+    with pytest.raises(DataError, match="checksum mismatch") as info:
+        load_cifar10(root, download=True, url=f"{base_url}/cifar-10-python.tar.gz", md5="0" * 32)
     assert "0" * 32 in str(info.value)
     assert list(root.iterdir()) == []
 

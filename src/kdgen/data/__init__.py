@@ -38,6 +38,12 @@ def _cifar100(root: str | None, download: bool, **options: Any) -> ImageDataset:
     return load_cifar100(root, download=download)
 
 
+def _cifar10(root: str | None, download: bool, **options: Any) -> ImageDataset:
+    from kdgen.data.cifar import load_cifar10
+
+    return load_cifar10(root, download=download)
+
+
 def _fashion_mnist(root: str | None, download: bool, **options: Any) -> ImageDataset:
     from kdgen.data.fashion_mnist import load_fashion_mnist
 
@@ -47,6 +53,7 @@ def _fashion_mnist(root: str | None, download: bool, **options: Any) -> ImageDat
 _LOADERS: dict[str, Callable[..., ImageDataset]] = {
     "synthetic": _synthetic,
     "cifar100": _cifar100,
+    "cifar10": _cifar10,
     "fashion-mnist": _fashion_mnist,
 }
 
