@@ -1,7 +1,8 @@
 """The ``kdgen`` command line: subcommands that call the Python API.
 
 Every user error (a :class:`KdgenError`) becomes one line on stderr and exit status 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. ``torchrun ... -m kdgen train ...`` trains
+data-parallel (see :mod:`kdgen.distributed`); only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ def _split_overrides(config: str | None, overrides: list[str]) -> tuple[str | No
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from kdgen import distributed
     from kdgen.config import build_config
     from kdgen.generations import train_generations
     from kdgen.report import generations_table
@@ -42,7 +45,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             overrides = [*overrides, f"out_dir={args.out}"]
         config = build_config(source, overrides)
-    result = train_generations(config, resume=bool(args.resume), force_new=args.force_new)
+    with distributed.launch(config.device) as dist:
+        result = train_generations(
+            config, resume=bool(args.resume), force_new=args.force_new, dist=dist
+        )
+    if not dist.is_main():
+        return 0
     print(generations_table([result.summary]))
     print(f"run folder: {result.path}")
     return 0
@@ -229,11 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KdgenError as error:
         if args.debug:
             raise
-        print(f"kdgen: error: {error}", file=sys.stderr)
+        if _prints():
+            print(f"kdgen: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
+        if _prints():
+            print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
         return 130
+
+
+def _prints() -> bool:
+    """Whether this process reports errors: always, except on ranks > 0 of torchrun."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 if __name__ == "__main__":

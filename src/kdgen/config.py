@@ -25,6 +25,7 @@ from kdgen.errors import ConfigError
 REGULARIZERS = ("tsd", "lsr", "cp", "none")
 REGULARIZER_FORMS = ("convex", "normalized")
 SCHEDULERS = ("multistep", "cosine", "constant")
+LR_SCALINGS = ("none", "linear")
 
 
 @dataclass
@@ -68,6 +69,9 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=lambda: [100, 150])
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # "linear": the lr is lr * data.batch_size / base_batch_size (the global batch).
+    lr_scaling: str = "none"
+    base_batch_size: int = 128
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Config:
     # None: channels_last on CUDA only (on CPU it made a small CNN ~3.7x slower).
     channels_last: bool | None = None
     amp: bool = True
+    # Under torchrun: BatchNorm statistics of the global batch, not of each rank's slice.
+    sync_batchnorm: bool = True
     eval_every: int = 1
     out_dir: str | None = None
     tensorboard: bool = True
@@ -272,6 +278,22 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         not schedule.nesterov or schedule.momentum > 0,
         f"{where}.nesterov=true needs momentum > 0",
     )
+    _check(
+        schedule.lr_scaling in LR_SCALINGS,
+        f"{where}.lr_scaling='{schedule.lr_scaling}' must be one of {', '.join(LR_SCALINGS)}",
+    )
+    _check(
+        schedule.base_batch_size >= 1,
+        f"{where}.base_batch_size={schedule.base_batch_size} must be >= 1",
+    )
+
+
+def effective_lr(schedule: ScheduleConfig, global_batch: int) -> float:
+    """The peak learning rate used: ``lr``, scaled by ``global_batch / base_batch_size``
+    under ``lr_scaling=linear`` (Goyal et al.'s rule for large global batches)."""
+    if schedule.lr_scaling == "linear":
+        return schedule.lr * global_batch / schedule.base_batch_size
+    return schedule.lr
 
 
 def schedule_for(config: Config, generation: int) -> ScheduleConfig:
@@ -372,6 +394,10 @@ def load_config_file(path: Path) -> Config:
 
 # Keys that do not change what is trained: they may differ between a run and its resume.
 NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name")
+# Keys added after runs were made: left out of the hash at their defaults, so the hashes
+# (and the resumability) of older run folders do not change.
+LATER_KEY_DEFAULTS = {"sync_batchnorm": True}
+LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
 
 def config_hash(config: Config) -> str:
@@ -379,7 +405,15 @@ def config_hash(config: Config) -> str:
     values = to_dict(config)
     for key in NON_SEMANTIC_KEYS:
         values.pop(key, None)
+    _drop_defaults(values, LATER_KEY_DEFAULTS)
+    _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _drop_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> None:
+    for key, default in defaults.items():
+        if key in values and values[key] == default:
+            del values[key]
 
 
 def config_diff(old: Config, new: Config) -> list[str]:
@@ -412,6 +446,7 @@ __all__ = [
     "config_diff",
     "config_from_dict",
     "config_hash",
+    "effective_lr",
     "format_process",
     "list_presets",
     "parse_process",

@@ -2,7 +2,10 @@
 
 The engine knows nothing of generations or of the command line. It gets a model, a
 loss function of (student logits, targets, teacher logits), an optional frozen teacher,
-data loaders and a schedule; it reports through :class:`Hooks`.
+data loaders and a schedule; it reports through :class:`Hooks`. With a
+:class:`~kdgen.distributed.Distributed` context of several ranks it trains the model
+inside DDP, sums the epoch's training totals over the ranks and gathers each rank's
+shard of the evaluation logits, so every rank sees the metrics of the whole split.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from tqdm.auto import tqdm
 
 from kdgen.config import ScheduleConfig
 from kdgen.data.tensors import DeviceLoader
+from kdgen.distributed import SINGLE, Distributed
 from kdgen.metrics import classification_metrics
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -105,9 +109,13 @@ def make_scheduler(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DeviceLoader, amp: bool = True
+    model: nn.Module, loader: DeviceLoader, amp: bool = True, dist: Distributed = SINGLE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the device) and labels of a whole split, in eval mode."""
+    """Logits (float32, on the device) and labels of a whole split, in eval mode.
+
+    With several ranks each one predicts its shard of the split and the shards are
+    gathered, in the single-process order, on every rank.
+    """
     was_training = model.training
     model.eval()
     outputs, labels = [], []
@@ -116,14 +124,24 @@ def predict(
             outputs.append(model(images).float())
             labels.append(targets)
     model.train(was_training)
-    return torch.cat(outputs), torch.cat(labels)
+    if not outputs:  # a rank whose shard of a tiny split is empty
+        outputs = [torch.empty(0, 0, device=loader.device)]
+        labels = [torch.empty(0, dtype=torch.long, device=loader.device)]
+    logits, targets = torch.cat(outputs), torch.cat(labels)
+    return dist.gather_shards(logits, loader.batch_size), dist.gather_shards(
+        targets, loader.batch_size
+    )
 
 
 def evaluate(
-    model: nn.Module, loader: DeviceLoader, settings: EvalSettings, amp: bool = True
+    model: nn.Module,
+    loader: DeviceLoader,
+    settings: EvalSettings,
+    amp: bool = True,
+    dist: Distributed = SINGLE,
 ) -> tuple[dict[str, float | None], torch.Tensor, torch.Tensor]:
-    """Metrics, logits and labels of one split."""
-    logits, labels = predict(model, loader, amp)
+    """Metrics, logits and labels of one split (the whole split, on every rank)."""
+    logits, labels = predict(model, loader, amp, dist)
     metrics = classification_metrics(
         logits, labels, settings.coarse_of_fine, settings.k, settings.distance
     )
@@ -147,8 +165,10 @@ def _train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     amp: bool,
+    dist: Distributed = SINGLE,
 ) -> dict[str, float]:
-    """One pass over the training split. Sums stay on the device: one host sync per epoch."""
+    """One pass over the training split. Sums stay on the device: one host sync per epoch
+    (with several ranks, after summing the totals over them)."""
     model.train()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
@@ -166,8 +186,11 @@ def _train_epoch(
         loss_sum += loss.detach() * targets.shape[0]
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += targets.shape[0]
-    loss_value, correct_value = torch.stack([loss_sum, correct.to(loss_sum.dtype)]).tolist()
-    return {"loss": loss_value / max(seen, 1), "top1": correct_value / max(seen, 1)}
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    totals = torch.stack([loss_sum.to(dtype), correct.to(dtype)])
+    totals = torch.cat([totals, torch.tensor([seen], dtype=dtype, device=device)])
+    loss_value, correct_value, count = dist.all_reduce_sum(totals).tolist()
+    return {"loss": loss_value / max(count, 1), "top1": correct_value / max(count, 1)}
 
 
 def _evaluate_all(
@@ -176,10 +199,11 @@ def _evaluate_all(
     evaluation: EvalSettings,
     amp: bool,
     log: Callable[[str, dict[str, Any]], None],
+    dist: Distributed = SINGLE,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, torch.Tensor]]:
     metrics_by_split, outputs = {}, {}
     for split, loader in eval_loaders.items():
-        metrics, logits, labels = evaluate(model, loader, evaluation, amp)
+        metrics, logits, labels = evaluate(model, loader, evaluation, amp, dist)
         log(split, metrics)
         metrics_by_split[split], outputs[split] = metrics, (logits, labels)
     return metrics_by_split, outputs
@@ -199,12 +223,18 @@ def train_generation(
     hooks: Hooks | None = None,
     resume_state: dict[str, Any] | None = None,
     progress: bool = False,
+    dist: Distributed = SINGLE,
+    sync_batchnorm: bool = True,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
 
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
-    ``resume_state`` continues from the end of a saved epoch.
+    ``resume_state`` continues from the end of a saved epoch. With several ranks in
+    ``dist`` the loaders must be sharded (``shard=dist.shard``); ``model`` is trained
+    inside DDP (its BatchNorm layers made global-batch, in place, if ``sync_batchnorm``)
+    and rank 0's buffers are copied to all ranks after each epoch, so every rank ends
+    with the same weights. Saved states hold ``model``'s own state_dict (no ``module.``).
     """
     if teacher is not None and teacher is model:
         raise ValueError("the teacher must be a frozen copy, not the student itself")
@@ -220,6 +250,7 @@ def train_generation(
         torch.set_rng_state(resume_state["torch_rng"])
         start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
     epoch = start_epoch
+    net = dist.wrap(model, sync_batchnorm)
 
     def log(split: str, metrics: dict[str, Any]) -> None:
         hooks.log({"generation": generation, "epoch": epoch, "split": split, **metrics})
@@ -235,13 +266,16 @@ def train_generation(
     while epoch < schedule.epochs:
         train_loader.set_epoch(epoch)
         train_metrics = _train_epoch(
-            model, teacher, train_loader, loss_fn, optimizer, scheduler, amp
+            net, teacher, train_loader, loss_fn, optimizer, scheduler, amp, dist
         )
+        dist.sync_buffers(model)
         epoch += 1
         log("train", {"lr": optimizer.param_groups[0]["lr"], **train_metrics})
         postfix = {"loss": f"{train_metrics['loss']:.3f}", "acc": f"{train_metrics['top1']:.3f}"}
         if epoch % evaluation.every == 0 or epoch == schedule.epochs:
-            result.final, result.outputs = _evaluate_all(model, eval_loaders, evaluation, amp, log)
+            result.final, result.outputs = _evaluate_all(
+                model, eval_loaders, evaluation, amp, log, dist
+            )
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
         bar.update(1)
         bar.set_postfix(postfix)
@@ -260,7 +294,7 @@ def train_generation(
     if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
         model.eval()
         result.final, result.outputs = _evaluate_all(
-            model, eval_loaders, evaluation, amp, lambda split, metrics: None
+            model, eval_loaders, evaluation, amp, lambda split, metrics: None, dist
         )
     result.final["train"] = train_metrics
     return result

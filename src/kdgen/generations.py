@@ -4,26 +4,32 @@ Every generation has the same architecture and starts from fresh weights. M_g (g
 learns from the ground truth and from M_{g-1}, which is a frozen deep copy: eval mode,
 no gradients, run under inference mode. Finished generations are never retrained on
 resume; the unfinished one continues from its last saved epoch.
+
+Under torchrun (see :mod:`kdgen.distributed`) every rank runs this same code on its shard
+of the data; rank 0 alone writes the run folder, and barriers follow its writes.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdgen import losses
+from kdgen import distributed, losses
 from kdgen.config import (
     Config,
+    ScheduleConfig,
     build_config,
     config_diff,
     config_hash,
+    effective_lr,
     schedule_for,
     to_yaml,
     use_channels_last,
@@ -32,18 +38,12 @@ from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.data.imagefolder import FolderData, FolderLoader, load_image_folder
 from kdgen.data.split import stratified_split, stratified_subset
+from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
-from kdgen.runs import (
-    RunFolder,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-    unique_folder,
-)
+from kdgen.runs import RunFolder, load_checkpoint, unique_folder
 from kdgen.seeding import derive_seed
 
 log = logging.getLogger("kdgen")
@@ -119,18 +119,32 @@ def evaluation_settings(config: Config, source: DataSource) -> EvalSettings:
 
 
 def prepare_data(
-    config: Config, device: torch.device, dataset: DataSource | None = None
+    config: Config,
+    device: torch.device,
+    dataset: DataSource | None = None,
+    dist: Distributed = SINGLE,
 ) -> PreparedData:
     """Loaders for one run. The training subset and the validation split depend on the
-    seed alone, so every process run with one seed sees the same data."""
+    seed alone, so every process run with one seed sees the same data.
+
+    ``data.batch_size`` is the global batch: with several ranks each loader yields this
+    rank's slice of it (``shard=dist.shard``), and the evaluation batch is shared alike.
+    """
     dataset = dataset or load_data(config)
     data = config.data
+    batch_size = dist.local_batch(data.batch_size)
+    eval_batch_size = -(-data.eval_batch_size // dist.world_size)
     channels_last = use_channels_last(config, device.type)
     if isinstance(dataset, FolderData):
         if data.train_subset is not None:
             raise ConfigError("data.train_subset is not supported for imagefolder data")
+        if data.batch_size > len(dataset.train):
+            raise ConfigError(
+                f"data.batch_size={data.batch_size} exceeds the {len(dataset.train)} "
+                "training images"
+            )
         train_loader, eval_loaders = dataset.loaders(
-            data.batch_size, data.eval_batch_size, device, config.seed, 0, channels_last
+            batch_size, eval_batch_size, device, config.seed, 0, channels_last, dist.shard
         )
         return PreparedData(dataset, train_loader, eval_loaders)
     train = dataset.train
@@ -151,18 +165,18 @@ def prepare_data(
         "std": dataset.std,
         "device": device,
         "channels_last": channels_last,
+        "shard": dist.shard,
     }
     train_loader = DeviceLoader(
         train,
-        data.batch_size,
+        batch_size,
         shuffle=True,
         seed=config.seed,
         augment=Augment(data.crop_padding, data.flip),
         **common,
     )
     eval_loaders = {
-        name: DeviceLoader(split, data.eval_batch_size, **common)
-        for name, split in eval_splits.items()
+        name: DeviceLoader(split, eval_batch_size, **common) for name, split in eval_splits.items()
     }
     return PreparedData(dataset, train_loader, eval_loaders)
 
@@ -237,19 +251,28 @@ def make_loss(config: Config, generation: int) -> LossFn:
     return tolerant_student
 
 
+# Tests only: the writing process stops (KeyboardInterrupt) after this many state saves.
+INTERRUPT_ENV = "KDGEN_TEST_INTERRUPT_AFTER_SAVES"
+
+
 class RunHooks(Hooks):
-    """Engine hooks that write to the run folder."""
+    """Engine hooks that write to the run folder (nothing, if the folder is not writable)."""
 
     def __init__(self, folder: RunFolder, digest: str, save_every: int = 1) -> None:
         self.folder, self.digest, self.save_every = folder, digest, save_every
+        self.saves = 0
+        self.interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0"))
 
     def log(self, record: dict[str, Any]) -> None:
         self.folder.log(record)
 
     def save_state(self, state: dict[str, Any]) -> None:
         if state["epoch"] % self.save_every == 0:
-            save_checkpoint(self.folder.last_checkpoint, {"config_hash": self.digest, **state})
+            self.folder.save(self.folder.last_checkpoint, {"config_hash": self.digest, **state})
         self.folder.write_state("running", generation=state["generation"], epoch=state["epoch"])
+        self.saves += 1
+        if self.folder.writable and self.saves == self.interrupt_after:
+            raise KeyboardInterrupt(f"{INTERRUPT_ENV}={self.interrupt_after}")
 
 
 def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
@@ -280,6 +303,14 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
         config.out_dir = str(folder.path)
     folder.path.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distributed) -> RunFolder:
+    """Rank 0 opens (or refuses) the run folder; every rank then uses the same path, and
+    only rank 0 may write there."""
+    path = dist.run_on_main(lambda: open_run_folder(config, resume, force_new).path)
+    config.out_dir = str(path)
+    return RunFolder(path, writable=dist.is_main())
 
 
 def _load_patriarch(config: Config, dataset: ImageDataset, device: torch.device) -> nn.Module:
@@ -388,36 +419,57 @@ def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, An
     }
 
 
+def lr_record(config: Config) -> dict[str, float]:
+    """The effective peak learning rate of each generation (``schedule.lr_scaling``)."""
+    return {
+        str(g): effective_lr(schedule_for(config, g), config.data.batch_size)
+        for g in range(config.generations + 1)
+    }
+
+
 def train_generations(
-    config: Config, *, resume: bool = False, force_new: bool = False
+    config: Config,
+    *,
+    resume: bool = False,
+    force_new: bool = False,
+    dist: Distributed | None = None,
 ) -> RunResult:
-    """Train M_0 ... M_G as ``config`` says, writing everything to its run folder."""
-    device = resolve_device(config.device)
-    folder = open_run_folder(config, resume, force_new)
+    """Train M_0 ... M_G as ``config`` says, writing everything to its run folder.
+
+    ``dist`` (by default the context of a torchrun launch, see :mod:`kdgen.distributed`)
+    makes this rank train its shard of every global batch; only rank 0 writes.
+    """
+    dist = dist or distributed.current()
+    device = resolve_device(distributed.device_for(dist, config.device))
+    dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
+    folder = _open_folder(config, resume, force_new, dist)
     digest = config_hash(config)
-    dataset = load_data(config)
+    dataset = dist.main_first(lambda: load_data(config))
     if config.k > dataset.num_classes:
         raise ConfigError(
             f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
         )
-    data = prepare_data(config, device, dataset)
+    data = prepare_data(config, device, dataset, dist)
     evaluation = evaluation_settings(config, dataset)
     summary = folder.read_summary() if resume else None
     if not summary or summary.get("config_hash") != digest:
         summary = summary_header(config, dataset, digest)
     if not resume:
-        atomic_write_text(folder.config_path, to_yaml(config))
-        atomic_write_json(
-            folder.path / "classes.json",
-            classes_record(evaluation, dataset),
-        )
+        folder.write_text(folder.config_path, to_yaml(config))
+        folder.write_json(folder.path / "classes.json", classes_record(evaluation, dataset))
     if config.tensorboard:
         folder.enable_tensorboard()
-    folder.write_state("running", started=time.time())
+    folder.write_state(
+        "running",
+        started=time.time(),
+        world_size=dist.world_size,
+        global_batch_size=config.data.batch_size,
+        lr_effective=lr_record(config),
+    )
+    dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
     hooks = RunHooks(folder, digest)
     try:
-        teacher = _run_generations(config, folder, data, summary, digest, evaluation, hooks, device)
-        del teacher
+        _run_generations(config, folder, data, summary, digest, evaluation, hooks, device, dist)
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         folder.write_state(status, reason=f"{type(error).__name__}: {error}")
@@ -426,7 +478,8 @@ def train_generations(
         folder.close()
     folder.write_metrics_csv()
     folder.write_state("finished", generation=config.generations)
-    return RunResult(folder.path, summary)
+    dist.barrier()  # the run folder is complete for every rank (and, in a sweep, the next run)
+    return RunResult(folder.path, dist.broadcast_object(summary))
 
 
 def _run_generations(
@@ -438,12 +491,11 @@ def _run_generations(
     evaluation: EvalSettings,
     hooks: RunHooks,
     device: torch.device,
-) -> nn.Module | None:
+    dist: Distributed = SINGLE,
+) -> None:
     done = {entry["generation"] for entry in summary["generations"]}
     teacher: nn.Module | None = None
-    amp = config.amp
     for generation in range(config.generations + 1):
-        schedule = schedule_for(config, generation)
         model = build_model(config, data.dataset, generation, device)
         if generation in done and folder.generation_checkpoint(generation).exists():
             _load_generation(folder, generation, digest, model)
@@ -451,15 +503,11 @@ def _run_generations(
             continue
         if generation == 0 and config.patriarch:
             model = _load_patriarch(config, data.dataset, device)
-            evaluated = {
-                name: evaluate(model, loader, evaluation, amp)
-                for name, loader in data.eval_loaders.items()
-            }
-            final = {name: value[0] for name, value in evaluated.items()}
-            outputs = {name: (value[1], value[2]) for name, value in evaluated.items()}
+            final, outputs = _evaluate_splits(model, data, evaluation, config.amp, dist)
             final["train"], epochs = _patriarch_training(config)
         else:
             folder.truncate_metrics(*_resume_point(folder, generation, digest))
+            schedule = _scaled_schedule(config, generation)
             result = train_generation(
                 model,
                 data.train_loader,
@@ -469,27 +517,63 @@ def _run_generations(
                 teacher=teacher,
                 generation=generation,
                 evaluation=evaluation,
-                amp=amp,
+                amp=config.amp,
                 hooks=hooks,
                 resume_state=_resume_state(folder, generation, digest),
-                progress=config.progress,
+                progress=config.progress and dist.is_main(),
+                dist=dist,
+                sync_batchnorm=config.sync_batchnorm,
             )
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
         folder.save_logits(generation, outputs)
-        save_checkpoint(
-            folder.generation_checkpoint(generation),
-            _model_checkpoint(config, data.dataset, generation, model, digest),
-        )
-        summary["generations"] = [
-            e for e in summary["generations"] if e["generation"] != generation
-        ]
-        summary["generations"].append(_generation_entry(generation, final, epochs))
-        folder.write_summary(summary)
-        folder.write_metrics_csv()
+        _save_generation(config, folder, data, summary, digest, generation, model, final, epochs)
         teacher = freeze(model)
-    summary["ensembles"] = _ensembles(folder, config.generations, evaluation)
+        dist.check_identical(teacher, f"the teacher M_{generation}")
+        dist.barrier()  # rank 0's gen{g}.pt and logits are on disk for every rank
+    if dist.is_main():
+        summary["ensembles"] = _ensembles(folder, config.generations, evaluation)
+        folder.write_summary(summary)
+
+
+def _scaled_schedule(config: Config, generation: int) -> ScheduleConfig:
+    """A generation's schedule, its lr scaled as ``schedule.lr_scaling`` says."""
+    schedule = schedule_for(config, generation)
+    return replace(schedule, lr=effective_lr(schedule, config.data.batch_size))
+
+
+def _evaluate_splits(
+    model: nn.Module, data: PreparedData, evaluation: EvalSettings, amp: bool, dist: Distributed
+) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Metrics and (logits, labels) of every evaluation split."""
+    evaluated = {
+        name: evaluate(model, loader, evaluation, amp, dist)
+        for name, loader in data.eval_loaders.items()
+    }
+    final = {name: value[0] for name, value in evaluated.items()}
+    outputs = {name: (value[1], value[2]) for name, value in evaluated.items()}
+    return final, outputs
+
+
+def _save_generation(
+    config: Config,
+    folder: RunFolder,
+    data: PreparedData,
+    summary: dict[str, Any],
+    digest: str,
+    generation: int,
+    model: nn.Module,
+    final: dict[str, Any],
+    epochs: int,
+) -> None:
+    """Checkpoint a finished generation and add it to the summary (rank 0 writes)."""
+    folder.save(
+        folder.generation_checkpoint(generation),
+        _model_checkpoint(config, data.dataset, generation, model, digest),
+    )
+    summary["generations"] = [e for e in summary["generations"] if e["generation"] != generation]
+    summary["generations"].append(_generation_entry(generation, final, epochs))
     folder.write_summary(summary)
-    return teacher
+    folder.write_metrics_csv()
 
 
 def ensemble_members(last_generation: int) -> dict[str, list[int]]:

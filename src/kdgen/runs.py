@@ -112,10 +112,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 class RunFolder:
-    """Reads and writes one run folder. Only the process that owns the run writes."""
+    """Reads and writes one run folder. Only the process that owns the run writes: with
+    ``writable=False`` (the other ranks of a distributed run) every write is skipped."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writable: bool = True) -> None:
         self.path = Path(path)
+        self.writable = writable
         self.checkpoints = self.path / "checkpoints"
         self.config_path = self.path / "config.yaml"
         self.metrics_path = self.path / "metrics.jsonl"
@@ -130,6 +132,8 @@ class RunFolder:
         self, generation: int, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     ) -> None:
         """Save a generation's (logits, labels) per split; logits as float16."""
+        if not self.writable:
+            return
         payload = {
             name: {"logits": logits.detach().to("cpu", torch.float16), "labels": labels.cpu()}
             for name, (logits, labels) in splits.items()
@@ -140,6 +144,21 @@ class RunFolder:
         """A generation's saved {split: (logits float16, labels)}."""
         splits = load_checkpoint(self.logits_path(generation))["splits"]
         return {name: (value["logits"], value["labels"]) for name, value in splits.items()}
+
+    def save(self, path: Path, payload: dict[str, Any]) -> None:
+        """:func:`save_checkpoint`, when this process writes."""
+        if self.writable:
+            save_checkpoint(path, payload)
+
+    def write_text(self, path: Path, text: str) -> None:
+        """:func:`atomic_write_text`, when this process writes."""
+        if self.writable:
+            atomic_write_text(path, text)
+
+    def write_json(self, path: Path, value: Any) -> None:
+        """:func:`atomic_write_json`, when this process writes."""
+        if self.writable:
+            atomic_write_json(path, value)
 
     def generation_checkpoint(self, generation: int) -> Path:
         return self.checkpoints / f"gen{generation}.pt"
@@ -156,6 +175,8 @@ class RunFolder:
         return self._read_json(self.state_path) or {}
 
     def write_state(self, status: str, **fields: Any) -> None:
+        if not self.writable:
+            return
         state = {**self.read_state(), "status": status, "updated": time.time(), **fields}
         atomic_write_json(self.state_path, state)
 
@@ -164,6 +185,8 @@ class RunFolder:
         return self._read_json(self.summary_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.writable:
+            return
         atomic_write_json(self.summary_path, summary)
 
     def _read_json(self, path: Path) -> Any:
@@ -177,6 +200,8 @@ class RunFolder:
     # --- metrics ------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
         """Append one evaluation record to metrics.jsonl and TensorBoard."""
+        if not self.writable:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a") as file:
             file.write(json.dumps(record) + "\n")
@@ -197,12 +222,16 @@ class RunFolder:
 
     def truncate_metrics(self, generation: int, epoch: int) -> None:
         """Keep only records up to (generation, epoch): a resume replays what came after."""
+        if not self.writable:
+            return
         kept = [
             r for r in self.read_metrics() if (r["generation"], r["epoch"]) <= (generation, epoch)
         ]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_metrics_csv(self) -> None:
+        if not self.writable:
+            return
         records = self.read_metrics()
         if not records:
             return
@@ -214,6 +243,8 @@ class RunFolder:
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
 
     def enable_tensorboard(self) -> bool:
+        if not self.writable:
+            return False
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
