@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdgen.data.base import ImageSplit
-from kdgen.seeding import seeded_generator
+from kdgen.seeding import derive_seed, seeded_generator
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,29 @@ class Augment:
         return self.crop_padding > 0 or self.flip
 
 
-def epoch_generator(seed: int, generation: int, epoch: int) -> torch.Generator:
+def epoch_generator(
+    seed: int, generation: int, epoch: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """The generator of one epoch: a pure function of (seed, generation, epoch), so a
-    resumed run draws exactly the batches the uninterrupted run would have drawn."""
-    return seeded_generator(seed, generation, epoch)
+    resumed run draws exactly the batches the uninterrupted run would have drawn. It lives
+    on the data's device, so drawing random numbers never waits for the host."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return seeded_generator(seed, generation, epoch)
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, generation, epoch))
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Crop each image of a (N, C, H, W) batch at its own random offset in the padded image."""
+def crop_offsets(
+    count: int, padding: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Random (row, column) offsets in [0, 2 * padding] for ``count`` images."""
+    return torch.randint(0, 2 * padding + 1, (count, 2), generator=generator, device=device)
+
+
+def crop(images: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Crop each image of a (N, C, H, W) batch at its offset in the zero-padded image."""
     count, _, height, width = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
-    offsets = offsets.to(images.device)
     rows = offsets[:, :1] + torch.arange(height, device=images.device)
     cols = offsets[:, 1:] + torch.arange(width, device=images.device)
     batch = torch.arange(count, device=images.device)[:, None, None]
@@ -49,10 +60,24 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     return cropped.permute(0, 3, 1, 2)
 
 
+def flip_mask(count: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(count, generator=generator, device=device) < 0.5
+
+
+def flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Flip left-right the images of a batch where ``mask`` is true."""
+    return torch.where(mask[:, None, None, None], images.flip(-1), images)
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Crop each image of a batch at its own random offset in the padded image."""
+    offsets = crop_offsets(images.shape[0], padding, generator, generator.device)
+    return crop(images, padding, offsets.to(images.device))
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of a batch left-right with probability 1/2."""
-    flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return flip(images, flip_mask(images.shape[0], generator, generator.device).to(images.device))
 
 
 class DeviceLoader:
@@ -103,7 +128,9 @@ class DeviceLoader:
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         count = len(self.labels)
         if self.shuffle:
-            return torch.randperm(count, generator=generator).to(self.device)
+            return torch.randperm(count, generator=generator, device=generator.device).to(
+                self.device
+            )
         return torch.arange(count, device=self.device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -113,25 +140,23 @@ class DeviceLoader:
         return images
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = epoch_generator(self.seed, self.generation, self.epoch)
+        generator = epoch_generator(self.seed, self.generation, self.epoch, self.device)
         order = self._order(generator)
         global_batch = self.batch_size * self.world_size
-        augment = self.shuffle and self.augment.enabled
         local = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        padding = self.augment.crop_padding if self.shuffle else 0
+        flips = self.shuffle and self.augment.flip
         for step in range(len(self)):
-            start = step * global_batch
-            if augment:
-                # Augment the whole global batch, then keep this rank's share: every rank
-                # draws the same random numbers, so the ranks' batches together are exactly
-                # the single-process batch of batch_size * world_size.
-                index = order[start : start + global_batch]
-                images = self.images[index]
-                if self.augment.crop_padding > 0:
-                    images = random_crop(images, self.augment.crop_padding, generator)
-                if self.augment.flip:
-                    images = random_flip(images, generator)
-                images, index = images[local], index[local]
-            else:
-                index = order[start : start + global_batch][local]
-                images = self.images[index]
+            index = order[step * global_batch : (step + 1) * global_batch]
+            # Random numbers are drawn for the whole global batch and sliced, so every rank
+            # draws the same ones and the ranks' batches together are exactly the
+            # single-process batch of batch_size * world_size.
+            offsets = crop_offsets(len(index), padding, generator, self.device) if padding else None
+            mask = flip_mask(len(index), generator, self.device) if flips else None
+            index = index[local]
+            images = self.images[index]
+            if offsets is not None:
+                images = crop(images, padding, offsets[local])
+            if mask is not None:
+                images = flip(images, mask[local])
             yield self.normalize(images), self.labels[index]
