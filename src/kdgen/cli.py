@@ -8,6 +8,8 @@ data-parallel (see :mod:`kdgen.distributed`); only rank 0 prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdgen.errors import KdgenError, RunDirError
+from kdgen.preemption import TrainingStopped
 
 EXIT_USAGE = 2
 
@@ -45,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             overrides = [*overrides, f"out_dir={args.out}"]
         config = build_config(source, overrides)
-    with distributed.launch(config.device) as dist:
+    with _stop_signals(), distributed.launch(config.device) as dist:
         result = train_generations(
             config, resume=bool(args.resume), force_new=args.force_new, dist=dist
         )
@@ -56,6 +59,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_signals() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM/SIGINT handlers that stop training gracefully, in a single process only:
+    the ranks of a torchrun job could see a signal at different steps."""
+    from kdgen import preemption
+
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        return contextlib.nullcontext()
+    return preemption.handle_signals()
+
+
+def _report_stop(stopped: TrainingStopped) -> int:
+    """One line saying where training stopped and how to resume; 143 (SIGTERM) / 130."""
+    from kdgen import preemption
+
+    if _prints():
+        print(
+            f"kdgen: {stopped}; resume with: kdgen train --resume {stopped.run_dir}",
+            file=sys.stderr,
+        )
+    return preemption.exit_status()
+
+
+def _disk_full(error: OSError) -> str | None:
+    """A one-line message for a full disk or exceeded quota, else None."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" {error.filename}" if error.filename else ""
+    return (
+        f"disk full while writing{where} ({os.strerror(error.errno)}); "
+        "free some space, then resume with: kdgen train --resume RUN_DIR"
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdgen.evaluation import evaluate_run
     from kdgen.report import generations_table
@@ -63,6 +99,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = evaluate_run(args.run_dir, device=args.device)
     print(generations_table([summary]))
     print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdgen.export import export_run
+
+    for path in export_run(args.run_dir, args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -174,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
 
+    export = sub.add_parser("export", help="write each generation's weights as safetensors")
+    export.add_argument("run_dir")
+    export.add_argument("--out", help="where to write (default: RUN_DIR/export)")
+    export.set_defaults(func=cmd_export)
+
     demo = sub.add_parser("demo", help="the built-in demo: three processes on synthetic data")
     demo.add_argument("overrides", nargs="*", help="key=value overrides of the demo preset")
     demo.add_argument("--out", help="the demo folder (default: runs/demo-<time>)")
@@ -238,12 +287,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         if _prints():
-            print(f"kdgen: error: {error}", file=sys.stderr)
+            print(f"kdgen: error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingStopped as stopped:
+        return _report_stop(stopped)
+    except OSError as error:
+        message = _disk_full(error)
+        if message is None or args.debug:
+            raise
+        if _prints():
+            print(f"kdgen: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         if _prints():
             print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    """A message folded onto one line (some library errors span several)."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _prints() -> bool:

@@ -102,6 +102,10 @@ class Config:
     # Under torchrun: BatchNorm statistics of the global batch, not of each rank's slice.
     sync_batchnorm: bool = True
     eval_every: int = 1
+    # Numerical faults: a gradient norm above this bound stops training (None: no bound);
+    # non-finite losses always do. The device flag is read on the host every N steps.
+    max_grad_norm: float | None = None
+    check_every: int = 50
     out_dir: str | None = None
     tensorboard: bool = True
     progress: bool = True
@@ -348,6 +352,11 @@ def validate(config: Config) -> Config:
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
     _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
     _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
+    _check(config.check_every >= 1, f"check_every={config.check_every} must be >= 1")
+    _check(
+        config.max_grad_norm is None or config.max_grad_norm > 0,
+        f"max_grad_norm={config.max_grad_norm} must be > 0 (or null: no bound)",
+    )
     _check(
         config.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", config.device) is not None,
         f"device='{config.device}' must be auto, cpu, cuda, cuda:N or mps",
@@ -393,10 +402,10 @@ def load_config_file(path: Path) -> Config:
 
 
 # Keys that do not change what is trained: they may differ between a run and its resume.
-NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name")
+NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every")
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
-LATER_KEY_DEFAULTS = {"sync_batchnorm": True}
+LATER_KEY_DEFAULTS = {"sync_batchnorm": True, "max_grad_norm": None}
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -23,7 +25,9 @@ from tqdm.auto import tqdm
 from kdgen.config import ScheduleConfig
 from kdgen.data.tensors import DeviceLoader
 from kdgen.distributed import SINGLE, Distributed
+from kdgen.errors import NumericalError
 from kdgen.metrics import classification_metrics
+from kdgen.preemption import TrainingStopped
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -157,6 +161,93 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
     return logits.clone()
 
 
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: optimiser steps done and the running sums (on the device).
+
+    A state saved mid-epoch holds these, so a resume skips the batches already trained on
+    (drawing them, so the epoch's generator advances exactly as before) and continues the
+    sums: the epoch's metrics are those of an uninterrupted epoch.
+    """
+
+    step: int = 0
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    seen: int = 0
+
+    def start(self, device: torch.device) -> None:
+        """Move saved sums to ``device``, or start them at zero."""
+        self.loss_sum = (
+            torch.zeros((), device=device) if self.loss_sum is None else self.loss_sum.to(device)
+        )
+        self.correct = (
+            torch.zeros((), device=device, dtype=torch.long)
+            if self.correct is None
+            else self.correct.to(device)
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        """A weights-only-loadable record of this progress (sums copied to the CPU)."""
+        assert self.loss_sum is not None and self.correct is not None
+        return {
+            "step": self.step,
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "correct": self.correct.detach().cpu(),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> EpochProgress:
+        if not state:
+            return cls()
+        return cls(state["step"], state["loss_sum"], state["correct"], state["seen"])
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass
+class NumericsGuard:
+    """Detects divergence cheaply: device flags accumulate each step (a non-finite loss; a
+    gradient norm above ``max_grad_norm``, computed only when a bound is set) and the host
+    reads them every ``check_every`` steps and before every save."""
+
+    max_grad_norm: float | None = None
+    check_every: int = 50
+    generation: int = 0
+    epoch: int = 0
+    dist: Distributed = SINGLE
+    flags: torch.Tensor | None = None  # [bad loss, bad gradient norm]
+
+    def start(self, device: torch.device) -> None:
+        if self.flags is None or self.flags.device != device:
+            self.flags = torch.zeros(2, dtype=torch.bool, device=device)
+
+    def after_backward(self, model: nn.Module, loss: torch.Tensor) -> None:
+        """Accumulate this step's flags (no host sync)."""
+        assert self.flags is not None
+        self.flags[0] |= ~torch.isfinite(loss.detach())
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+            self.flags[1] |= ~(norm <= self.max_grad_norm)  # NaN norms count as bad
+
+    def check(self, step: int, force: bool = False) -> None:
+        """Every ``check_every`` steps (or when ``force``): raise NumericalError if a flag
+        is set. With several ranks the flags are summed first, so all ranks agree."""
+        if self.flags is None or not (force or step % self.check_every == 0):
+            return
+        flags = self.dist.all_reduce_sum(self.flags.to(torch.float32)).tolist()
+        if not any(flags):
+            return
+        what = "a non-finite loss" if flags[0] else f"a gradient norm above {self.max_grad_norm}"
+        raise NumericalError(
+            f"training diverged at generation {self.generation}, epoch {self.epoch}, "
+            f"step {step}: {what} (checked every {self.check_every} steps); the last good "
+            "checkpoint is kept; lower schedule.lr, or raise max_grad_norm if it is too tight"
+        )
+
+
 def _train_epoch(
     model: nn.Module,
     teacher: nn.Module | None,
@@ -166,29 +257,46 @@ def _train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     amp: bool,
     dist: Distributed = SINGLE,
-) -> dict[str, float]:
-    """One pass over the training split. Sums stay on the device: one host sync per epoch
-    (with several ranks, after summing the totals over them)."""
+    progress: EpochProgress | None = None,
+    stop_requested: Callable[[], bool] = _never,
+    guard: NumericsGuard | None = None,
+) -> dict[str, float] | None:
+    """One pass over the training split, from ``progress.step`` on. Sums stay on the
+    device: one host sync per epoch (with several ranks, after summing the totals over
+    them). Returns None, with ``progress`` updated, when ``stop_requested()`` turns true
+    before the epoch's last step."""
     model.train()
     device = loader.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for images, targets in loader:
+    progress = progress or EpochProgress()
+    progress.start(device)
+    guard = guard or NumericsGuard(dist=dist)
+    guard.start(device)
+    assert progress.loss_sum is not None and progress.correct is not None
+    steps = len(loader)
+    for step, (images, targets) in enumerate(loader):
+        if step < progress.step:
+            continue  # trained on before the interruption; drawn to advance the generator
         with autocast(device, amp):
             logits = model(images)
             teacher_logits = _teacher_logits(teacher, images)
             loss = loss_fn(logits, targets, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        guard.after_backward(model, loss)
         optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * targets.shape[0]
-        correct += (logits.detach().argmax(dim=1) == targets).sum()
-        seen += targets.shape[0]
+        progress.loss_sum += loss.detach() * targets.shape[0]
+        progress.correct += (logits.detach().argmax(dim=1) == targets).sum()
+        progress.seen += targets.shape[0]
+        progress.step = step + 1
+        guard.check(progress.step)
+        if progress.step < steps and stop_requested():
+            guard.check(progress.step, force=True)  # never save a bad state
+            return None
+    guard.check(progress.step, force=True)
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    totals = torch.stack([loss_sum.to(dtype), correct.to(dtype)])
-    totals = torch.cat([totals, torch.tensor([seen], dtype=dtype, device=device)])
+    totals = torch.stack([progress.loss_sum.to(dtype), progress.correct.to(dtype)])
+    totals = torch.cat([totals, torch.tensor([progress.seen], dtype=dtype, device=device)])
     loss_value, correct_value, count = dist.all_reduce_sum(totals).tolist()
     return {"loss": loss_value / max(count, 1), "top1": correct_value / max(count, 1)}
 
@@ -209,6 +317,37 @@ def _evaluate_all(
     return metrics_by_split, outputs
 
 
+def python_rng_state() -> dict[str, Any]:
+    """Python's and NumPy's global RNG states as plain lists, ints and tensors, so that a
+    checkpoint holding them loads with ``weights_only=True``."""
+    version, internal, gauss_next = random.getstate()
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    return {
+        "python_rng": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy_rng": {
+            "algorithm": str(algorithm),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the torch, Python and NumPy RNG states saved in a resumable state."""
+    torch.set_rng_state(state["torch_rng"])
+    if "python_rng" in state:
+        saved = state["python_rng"]
+        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
+    if "numpy_rng" in state:
+        saved = state["numpy_rng"]
+        keys = saved["keys"].numpy().astype(np.uint32)
+        np.random.set_state(
+            (saved["algorithm"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
+        )
+
+
 def train_generation(
     model: nn.Module,
     train_loader: DeviceLoader,
@@ -225,35 +364,63 @@ def train_generation(
     progress: bool = False,
     dist: Distributed = SINGLE,
     sync_batchnorm: bool = True,
+    stop_requested: Callable[[], bool] | None = None,
+    max_grad_norm: float | None = None,
+    check_every: int = 50,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
 
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
-    ``resume_state`` continues from the end of a saved epoch. With several ranks in
+    ``resume_state`` continues from a saved state: the end of an epoch, or a step inside
+    one (its ``"step"`` and ``"partial"`` sums). With several ranks in
     ``dist`` the loaders must be sharded (``shard=dist.shard``); ``model`` is trained
     inside DDP (its BatchNorm layers made global-batch, in place, if ``sync_batchnorm``)
     and rank 0's buffers are copied to all ranks after each epoch, so every rank ends
     with the same weights. Saved states hold ``model``'s own state_dict (no ``module.``).
+
+    ``stop_requested`` (a cheap Python predicate, polled after each optimiser step) makes
+    the engine save a resumable state through ``hooks`` and raise
+    :class:`~kdgen.preemption.TrainingStopped`. A non-finite loss, or a gradient norm
+    above ``max_grad_norm``, raises :class:`~kdgen.errors.NumericalError` (read on the host
+    every ``check_every`` steps and before every save, so no bad state is saved).
     """
     if teacher is not None and teacher is model:
         raise ValueError("the teacher must be a frozen copy, not the student itself")
     hooks = hooks or Hooks()
     evaluation = evaluation or EvalSettings()
+    stop = stop_requested or _never
     optimizer = make_optimizer(model, schedule)
     scheduler = make_scheduler(optimizer, schedule, len(train_loader))
-    start_epoch, train_metrics = 0, {}
+    start_epoch, train_metrics, partial = 0, {}, EpochProgress()
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
-        torch.set_rng_state(resume_state["torch_rng"])
+        restore_rng_state(resume_state)
         start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
+        partial = EpochProgress.from_state(resume_state.get("partial"))
     epoch = start_epoch
     net = dist.wrap(model, sync_batchnorm)
 
     def log(split: str, metrics: dict[str, Any]) -> None:
         hooks.log({"generation": generation, "epoch": epoch, "split": split, **metrics})
+
+    def save(extra: dict[str, Any]) -> None:
+        hooks.save_state(
+            {
+                "generation": generation,
+                "epoch": epoch,
+                "step": 0,
+                "train_metrics": train_metrics,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                **python_rng_state(),
+                **extra,
+            }
+        )
 
     bar = tqdm(
         total=schedule.epochs,
@@ -263,11 +430,28 @@ def train_generation(
         dynamic_ncols=True,
     )
     result = GenerationResult(model=model)
+    guard = NumericsGuard(max_grad_norm, check_every, generation, dist=dist)
     while epoch < schedule.epochs:
         train_loader.set_epoch(epoch)
-        train_metrics = _train_epoch(
-            net, teacher, train_loader, loss_fn, optimizer, scheduler, amp, dist
+        guard.epoch = epoch + 1
+        metrics = _train_epoch(
+            net,
+            teacher,
+            train_loader,
+            loss_fn,
+            optimizer,
+            scheduler,
+            amp,
+            dist,
+            partial,
+            stop,
+            guard,
         )
+        if metrics is None:  # stopped inside the epoch: save where it stands, then stop
+            save({"step": partial.step, "partial": partial.to_state()})
+            bar.close()
+            raise TrainingStopped(generation, epoch + 1, partial.step)
+        train_metrics, partial = metrics, EpochProgress()
         dist.sync_buffers(model)
         epoch += 1
         log("train", {"lr": optimizer.param_groups[0]["lr"], **train_metrics})
@@ -279,17 +463,10 @@ def train_generation(
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
         bar.update(1)
         bar.set_postfix(postfix)
-        hooks.save_state(
-            {
-                "generation": generation,
-                "epoch": epoch,
-                "train_metrics": train_metrics,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-            }
-        )
+        save({})
+        if epoch < schedule.epochs and stop():
+            bar.close()
+            raise TrainingStopped(generation, epoch, len(train_loader))
     bar.close()
     if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
         model.eval()

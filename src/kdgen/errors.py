@@ -19,5 +19,9 @@ class CheckpointError(KdgenError):
     """A checkpoint is corrupt or does not match the model or run it is loaded into."""
 
 
+class NumericalError(KdgenError):
+    """Training diverged: a non-finite loss, or a gradient norm above ``max_grad_norm``."""
+
+
 class RunDirError(KdgenError):
     """A run folder cannot be used as asked (it holds results, or another config)."""

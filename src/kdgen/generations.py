@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdgen import distributed, losses
+from kdgen import distributed, losses, preemption
 from kdgen.config import (
     Config,
     ScheduleConfig,
@@ -43,6 +43,7 @@ from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_ge
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
+from kdgen.preemption import TrainingStopped
 from kdgen.runs import RunFolder, load_checkpoint, unique_folder
 from kdgen.seeding import derive_seed
 
@@ -258,8 +259,11 @@ INTERRUPT_ENV = "KDGEN_TEST_INTERRUPT_AFTER_SAVES"
 class RunHooks(Hooks):
     """Engine hooks that write to the run folder (nothing, if the folder is not writable)."""
 
-    def __init__(self, folder: RunFolder, digest: str, save_every: int = 1) -> None:
+    def __init__(
+        self, folder: RunFolder, digest: str, save_every: int = 1, config_yaml: str = ""
+    ) -> None:
         self.folder, self.digest, self.save_every = folder, digest, save_every
+        self.config_yaml = config_yaml
         self.saves = 0
         self.interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0"))
 
@@ -267,9 +271,16 @@ class RunHooks(Hooks):
         self.folder.log(record)
 
     def save_state(self, state: dict[str, Any]) -> None:
-        if state["epoch"] % self.save_every == 0:
-            self.folder.save(self.folder.last_checkpoint, {"config_hash": self.digest, **state})
-        self.folder.write_state("running", generation=state["generation"], epoch=state["epoch"])
+        mid_epoch = state.get("step", 0) > 0
+        if mid_epoch or state["epoch"] % self.save_every == 0:
+            payload = {"config_hash": self.digest, "config": self.config_yaml, **state}
+            self.folder.save(self.folder.last_checkpoint, payload)
+        self.folder.write_state(
+            "running",
+            generation=state["generation"],
+            epoch=state["epoch"],
+            step=state.get("step", 0),
+        )
         self.saves += 1
         if self.folder.writable and self.saves == self.interrupt_after:
             raise KeyboardInterrupt(f"{INTERRUPT_ENV}={self.interrupt_after}")
@@ -370,12 +381,64 @@ def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.
     model.load_state_dict(payload["model"])
 
 
-def _resume_state(folder: RunFolder, generation: int, digest: str) -> dict[str, Any] | None:
+# What a resumable state must hold (older checkpoints may lack the NumPy/Python RNGs).
+RESUME_KEYS = (
+    "config_hash",
+    "generation",
+    "epoch",
+    "train_metrics",
+    "model",
+    "optimizer",
+    "scheduler",
+    "torch_rng",
+)
+
+
+def _config_mismatch(state: dict[str, Any], config: Config | None) -> str:
+    """What differs between the config saved in a checkpoint and ``config``."""
+    saved_yaml = state.get("config")
+    if config is None or not isinstance(saved_yaml, str) or not saved_yaml:
+        return "its config hash differs"
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        file.write(saved_yaml)
+    try:
+        diff = config_diff(build_config(file.name), config)
+    except ConfigError:
+        return "its config hash differs"
+    finally:
+        Path(file.name).unlink(missing_ok=True)
+    return "; ".join(diff) if diff else "its config hash differs"
+
+
+def check_resume_state(
+    state: dict[str, Any], path: Path, digest: str, config: Config | None = None
+) -> None:
+    """Refuse a resumable state that is incomplete or belongs to another config."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a resumable state (it lacks {', '.join(missing)}); "
+            "delete it to restart the generation"
+        )
+    if state["config_hash"] != digest:
+        raise CheckpointError(
+            f"{path} belongs to another config ({_config_mismatch(state, config)}); "
+            "resume with the run's own config, or delete it to restart the generation"
+        )
+    step = state.get("step", 0)
+    if not isinstance(step, int) or step < 0 or (step > 0 and "partial" not in state):
+        raise CheckpointError(f"{path} holds an invalid step ({step!r}); delete it to restart")
+
+
+def _resume_state(
+    folder: RunFolder, generation: int, digest: str, config: Config | None = None
+) -> dict[str, Any] | None:
     if not folder.last_checkpoint.exists():
         return None
     state = load_checkpoint(folder.last_checkpoint)
-    if state.get("config_hash") != digest:
-        raise CheckpointError(f"{folder.last_checkpoint} belongs to another config")
+    check_resume_state(state, folder.last_checkpoint, digest, config)
     return state if state["generation"] == generation else None
 
 
@@ -456,7 +519,10 @@ def train_generations(
         summary = summary_header(config, dataset, digest)
     if not resume:
         folder.write_text(folder.config_path, to_yaml(config))
+    if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
         folder.write_json(folder.path / "classes.json", classes_record(evaluation, dataset))
+    if resume:
+        folder.remove_stale_temp_files()
     if config.tensorboard:
         folder.enable_tensorboard()
     folder.write_state(
@@ -467,9 +533,13 @@ def train_generations(
         lr_effective=lr_record(config),
     )
     dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
-    hooks = RunHooks(folder, digest)
+    hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
     try:
         _run_generations(config, folder, data, summary, digest, evaluation, hooks, device, dist)
+    except TrainingStopped as stopped:
+        stopped.run_dir = str(folder.path)
+        folder.write_state("interrupted", reason=str(stopped))
+        raise
     except BaseException as error:
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         folder.write_state(status, reason=f"{type(error).__name__}: {error}")
@@ -496,6 +566,8 @@ def _run_generations(
     done = {entry["generation"] for entry in summary["generations"]}
     teacher: nn.Module | None = None
     for generation in range(config.generations + 1):
+        if generation not in done and preemption.stop_requested():
+            raise TrainingStopped(generation, 0, 0)  # between generations: nothing to save
         model = build_model(config, data.dataset, generation, device)
         if generation in done and folder.generation_checkpoint(generation).exists():
             _load_generation(folder, generation, digest, model)
@@ -519,10 +591,13 @@ def _run_generations(
                 evaluation=evaluation,
                 amp=config.amp,
                 hooks=hooks,
-                resume_state=_resume_state(folder, generation, digest),
+                resume_state=_resume_state(folder, generation, digest, config),
                 progress=config.progress and dist.is_main(),
                 dist=dist,
                 sync_batchnorm=config.sync_batchnorm,
+                stop_requested=preemption.stop_requested,
+                max_grad_norm=config.max_grad_norm,
+                check_every=config.check_every,
             )
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
         folder.save_logits(generation, outputs)

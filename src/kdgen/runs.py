@@ -17,6 +17,7 @@ Layout (timm-style, one folder per run)::
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ import torch
 from kdgen.errors import CheckpointError, RunDirError
 
 CHECKPOINT_FORMAT = 1
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -46,8 +48,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in _DISK_FULL and not error.filename:
+            raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
         raise
     _fsync_dir(path.parent)
 
@@ -167,6 +171,13 @@ class RunFolder:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.pt"
 
+    def remove_stale_temp_files(self) -> None:
+        """Delete the temporary files of atomic writes that a killed process left behind."""
+        if not self.writable:
+            return
+        for temp in [*self.path.glob(".*.tmp"), *self.path.glob("*/.*.tmp")]:
+            temp.unlink(missing_ok=True)
+
     def has_results(self) -> bool:
         return self.config_path.exists() or self.summary_path.exists() or self.checkpoints.exists()
 
@@ -178,6 +189,8 @@ class RunFolder:
         if not self.writable:
             return
         state = {**self.read_state(), "status": status, "updated": time.time(), **fields}
+        if status in ("running", "finished") and "reason" not in fields:
+            state.pop("reason", None)  # the reason of an earlier stop no longer holds
         atomic_write_json(self.state_path, state)
 
     # --- summary ------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""Real kills: SIGKILL a training process at random moments, resume after each kill, and
+end with exactly the summary of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdgen.config import build_config
+from kdgen.generations import train_generations
+from kdgen.runs import RunFolder, load_checkpoint
+from tests.conftest import FAST
+
+ARGS = ["smoke", *FAST, "schedule.epochs=3", "generations=2", "data.batch_size=10"]
+
+
+def _launch(run: Path) -> subprocess.Popen[bytes]:
+    resume = ["--resume", str(run)] if (run / "config.yaml").exists() else ["--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "kdgen",
+        "train",
+        *(ARGS if resume[0] != "--resume" else []),
+    ]
+    return subprocess.Popen(
+        [*command, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
+
+
+def _wait_until_training(run: Path, process: subprocess.Popen[bytes], since: float) -> None:
+    """Until this process has written run.json (it has loaded its data), or has ended."""
+    deadline = time.monotonic() + 60
+    state = run / "run.json"
+    while process.poll() is None and time.monotonic() < deadline:
+        if state.exists() and state.stat().st_mtime > since:
+            return
+        time.sleep(0.01)
+
+
+def _phase(run: Path) -> str:
+    """Where a killed run stood: in a generation, or between two."""
+    folder = RunFolder(run)
+    if not folder.last_checkpoint.exists():
+        return "before the first checkpoint"
+    state = load_checkpoint(folder.last_checkpoint)
+    done = folder.generation_checkpoint(state["generation"]).exists()
+    if done:
+        return f"between generations {state['generation']} and {state['generation'] + 1}"
+    return f"generation {state['generation']}, epoch {state['epoch']}, step {state['step']}"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_kills_then_resume_give_the_uninterrupted_summary(tmp_path: Path, seed: int) -> None:
+    reference = train_generations(build_config(ARGS[0], [*ARGS[1:], f"out_dir={tmp_path / 'ref'}"]))
+    rng = random.Random(seed)
+    run, kills, phases, with_temp = tmp_path / "run", 0, [], 0
+    while True:
+        since = time.time() - 0.01
+        process = _launch(run)
+        if kills < 5:
+            _wait_until_training(run, process, since)
+            time.sleep(rng.uniform(0.0, 1.2))
+        if kills >= 5 or process.poll() is not None:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err.decode()
+            break
+        with_temp += bool(list(run.glob("**/.*.tmp")))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        phases.append(_phase(run))
+    print(f"seed {seed}: {kills} kills at {phases}; {with_temp} with a temp file present")
+    assert kills == 5
+    assert json.loads((run / "summary.json").read_text()) == reference.summary
+    assert not list(run.glob("**/.*.tmp"))
