@@ -83,3 +83,52 @@ def test_random_kills_then_resume_give_the_uninterrupted_summary(tmp_path: Path,
     assert kills == 5
     assert json.loads((run / "summary.json").read_text()) == reference.summary
     assert not list(run.glob("**/.*.tmp"))
+
+
+# A child whose fsync is slow, so that a checkpoint write lasts long enough to be killed in.
+SLOW_FSYNC = (
+    "import os, sys, time\n"
+    "real = os.fsync\n"
+    "def slow(fd):\n"
+    "    time.sleep(0.4)\n"
+    "    return real(fd)\n"
+    "os.fsync = slow\n"
+    "from kdgen.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_kill_during_a_checkpoint_write_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL while a temporary checkpoint file exists (the write is under way): the
+    resumed run still ends with the uninterrupted summary, and no temporary file stays."""
+    reference = train_generations(build_config(ARGS[0], [*ARGS[1:], f"out_dir={tmp_path / 'ref'}"]))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_FSYNC, "train", *ARGS, "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    temporary: list[Path] = []
+    while child.poll() is None and time.monotonic() < deadline:
+        temporary = (
+            list((run / "checkpoints").glob(".*.tmp")) if (run / "checkpoints").exists() else []
+        )
+        if (
+            any("last.pt" in p.name for p in temporary)
+            and (run / "checkpoints" / "last.pt").exists()
+        ):
+            break  # a second or later last.pt write is under way
+        time.sleep(0.005)
+    assert child.poll() is None, "the run ended before a checkpoint write could be caught"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert temporary, "no temporary file was seen"
+    load_checkpoint(run / "checkpoints" / "last.pt")  # the previous checkpoint is intact
+    resumed = _launch(run)
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err.decode()
+    assert not list(run.glob("**/.*.tmp"))
+    assert json.loads((run / "summary.json").read_text()) == reference.summary
