@@ -106,6 +106,8 @@ class Config:
     # non-finite losses always do. The device flag is read on the host every N steps.
     max_grad_norm: float | None = None
     check_every: int = 50
+    # torch.compile the training model; its compile time is the first epoch's extra seconds.
+    compile: bool = False
     out_dir: str | None = None
     tensorboard: bool = True
     progress: bool = True
@@ -402,7 +404,7 @@ def load_config_file(path: Path) -> Config:
 
 
 # Keys that do not change what is trained: they may differ between a run and its resume.
-NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every")
+NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every", "compile")
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
 LATER_KEY_DEFAULTS = {"sync_batchnorm": True, "max_grad_norm": None}

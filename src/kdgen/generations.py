@@ -598,6 +598,7 @@ def _run_generations(
                 stop_requested=preemption.stop_requested,
                 max_grad_norm=config.max_grad_norm,
                 check_every=config.check_every,
+                compile_model=config.compile,
             )
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
         folder.save_logits(generation, outputs)
