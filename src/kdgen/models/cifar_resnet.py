@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import check_positive_int, register_model
+from kdgen.models.registry import check_positive_int, kaiming_init, register_model
 
 STAGE_WIDTHS = (16, 32, 64)
 DEPTHS = (8, 14, 20, 32, 44, 56, 110)
@@ -84,7 +84,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
+        kaiming_init(self)
 
     @staticmethod
     def _make_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
@@ -92,15 +92,6 @@ class CifarResNet(nn.Module):
         layers = [BasicBlock(in_planes, planes, stride)]
         layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal (fan_out) convs, BatchNorm to identity; Linear keeps its default."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape ``(N, num_features)``."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import check_positive_int, register_model
+from kdgen.models.registry import check_positive_int, kaiming_init, register_model
 
 
 def check_dropout(dropout: object) -> float:
@@ -106,16 +106,7 @@ class DenseNetBC(nn.Module):
         self.bn = nn.BatchNorm2d(planes)
         self.num_features = planes
         self.fc = nn.Linear(planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal (fan_out) convs, BatchNorm to identity; Linear keeps its default."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        kaiming_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape ``(N, num_features)``."""

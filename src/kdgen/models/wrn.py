@@ -25,7 +25,7 @@ from torch import nn
 
 from kdgen.errors import ConfigError
 from kdgen.models.densenet import check_dropout
-from kdgen.models.registry import check_positive_int, register_model
+from kdgen.models.registry import check_positive_int, kaiming_init, register_model
 
 BASE_WIDTHS = (16, 32, 64)
 
@@ -87,16 +87,7 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(in_planes)
         self.num_features = in_planes
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming-normal (fan_out) convs, BatchNorm to identity; Linear keeps its default."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        kaiming_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape ``(N, num_features)``."""
