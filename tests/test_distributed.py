@@ -28,16 +28,7 @@ from kdgen.distributed import SINGLE, Distributed, convert_batchnorm, interleave
 from kdgen.errors import ConfigError
 from kdgen.generations import INTERRUPT_ENV, train_generations
 from kdgen.runs import RunFolder, load_checkpoint
-
-FAST = [
-    "schedule.epochs=2",
-    "data.synthetic.train_per_class=8",
-    "data.synthetic.test_per_class=2",
-    "data.val_size=100",
-    "data.batch_size=50",
-    "progress=false",
-    "tensorboard=false",
-]
+from tests.conftest import FAST
 
 
 def torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

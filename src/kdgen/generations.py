@@ -578,7 +578,9 @@ def _run_generations(
             final, outputs = _evaluate_splits(model, data, evaluation, config.amp, dist)
             final["train"], epochs = _patriarch_training(config)
         else:
-            folder.truncate_metrics(*_resume_point(folder, generation, digest))
+            resume_state = _resume_state(folder, generation, digest, config)
+            # A resume replays what was logged after its checkpoint: drop those records.
+            folder.truncate_metrics(generation, resume_state["epoch"] if resume_state else 0)
             schedule = _scaled_schedule(config, generation)
             result = train_generation(
                 model,
@@ -591,7 +593,7 @@ def _run_generations(
                 evaluation=evaluation,
                 amp=config.amp,
                 hooks=hooks,
-                resume_state=_resume_state(folder, generation, digest, config),
+                resume_state=resume_state,
                 progress=config.progress and dist.is_main(),
                 dist=dist,
                 sync_batchnorm=config.sync_batchnorm,
@@ -680,9 +682,3 @@ def _ensembles(
             )
         entries.append(entry)
     return entries
-
-
-def _resume_point(folder: RunFolder, generation: int, digest: str) -> tuple[int, int]:
-    """(generation, epoch) up to which logged metrics are kept when (re)starting a generation."""
-    state = _resume_state(folder, generation, digest) if folder.last_checkpoint.exists() else None
-    return (generation, state["epoch"]) if state else (generation, 0)
