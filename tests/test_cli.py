@@ -111,3 +111,30 @@ def test_python_dash_m_kdgen_works() -> None:
     )
     assert completed.returncode == 2
     assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in [0, 1]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "smoke", "--out", "runs/x", "seed=5"], {"config": "smoke", "out": "runs/x"}),
+        (["train", "smoke", "lam=0.1", "--out", "runs/x", "seed=5"], {"config": "smoke"}),
+        (["--debug", "train", "--out", "runs/x", "smoke", "seed=5"], {"debug": True}),
+        (["demo", "--out", "d", "seed=5"], {"out": "d"}),
+        (
+            ["sweep", "smoke", "--jobs", "2", "seed=5", "--processes", "D(1.0,0.0)"],
+            {"jobs": 2, "processes": ["D(1.0,0.0)"]},
+        ),
+    ],
+)
+def test_overrides_may_come_after_options(argv: list[str], expected: dict[str, object]) -> None:
+    from kdgen.cli import build_parser, parse_arguments
+
+    args = parse_arguments(build_parser(), argv)
+    assert args.overrides[-1] == "seed=5"
+    assert {key: getattr(args, key) for key in expected} == expected
+
+
+def test_unknown_options_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "smoke", "--out", "runs/x", "seed=5", "--bogus"])
+    assert exit_info.value.code == 2 and "--bogus" in capsys.readouterr().err

@@ -16,9 +16,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kdgen.errors import KdgenError, RunDirError
 from kdgen.preemption import TrainingStopped
+
+if TYPE_CHECKING:
+    from kdgen.executors import Executor
 
 EXIT_USAGE = 2
 
@@ -122,18 +126,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdgen.executors import exit_status, outcomes_table
+    from kdgen.sweep import format_commands, plan_sweep, read_plan, write_plan
+
+    if args.resume:
+        out = Path(args.resume)
+        preset, runs, saved = read_plan(out)
+    else:
+        if args.preset is None or not args.processes:
+            raise KdgenError("kdgen sweep needs a preset and --processes (or --resume DIR)")
+        out = Path(args.out or _default_sweep_folder(args.preset))
+        if not args.print:  # run folders and patriarch paths that work from any directory
+            out = out.resolve()
+        preset, saved = args.preset, {}
+        runs = plan_sweep(preset, args.processes, args.seeds, out, tuple(args.overrides))
+    if args.print:
+        print(format_commands(preset, runs))
+        return 0
+    settings = _executor_settings(args, saved)
+    executor = _make_executor(settings, out)
+    write_plan(out, preset, runs, settings)
+    outcomes = executor.execute(preset, runs)
+    print()
+    print(outcomes_table(outcomes))
+    failed = [o for o in outcomes if o.state == "failed"]
+    for outcome in failed:
+        print(f"kdgen: run failed: {outcome.run.path} (log: {outcome.log})", file=sys.stderr)
+    print(f"sweep folder: {out}  (tables and figures: kdgen report {out})")
+    return exit_status(outcomes)
+
+
+def _default_sweep_folder(preset: str) -> Path:
     import time
 
-    from kdgen.sweep import format_commands, plan_sweep, run_sweep
+    return Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(preset).stem}"
 
-    out = Path(args.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}")
-    runs = plan_sweep(args.preset, args.processes, args.seeds, out, tuple(args.overrides))
-    if args.print:
-        print(format_commands(args.preset, runs))
-        return 0
-    run_sweep(args.preset, runs, out)
-    print(f"sweep folder: {out}  (tables and figures: kdgen report {out})")
-    return 0
+
+def _executor_settings(args: argparse.Namespace, saved: dict[str, object]) -> dict[str, object]:
+    """How to execute the sweep: the options given, else those saved in sweep.json."""
+    names = ("executor", "jobs", "share_gpus")
+    settings = {name: saved.get(name) for name in names}
+    settings.update({name: getattr(args, name) for name in names if getattr(args, name)})
+    settings["executor"] = settings["executor"] or "local"
+    settings["jobs"] = settings["jobs"] or 1
+    settings["share_gpus"] = bool(settings["share_gpus"])
+    return settings
+
+
+def _make_executor(settings: dict[str, object], out: Path) -> Executor:
+    from kdgen.executors import LocalExecutor, visible_gpus
+
+    return LocalExecutor(
+        jobs=int(str(settings["jobs"])),
+        gpus=visible_gpus(),
+        share_gpus=bool(settings["share_gpus"]),
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -229,21 +276,42 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     sweep = sub.add_parser("sweep", help="run a grid of processes x seeds from one preset")
-    sweep.add_argument("preset", help="a preset name or a YAML config file")
+    sweep.add_argument("preset", nargs="?", help="a preset name or a YAML config file")
     sweep.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     sweep.add_argument(
         "--processes",
         nargs="+",
-        required=True,
         metavar="SPEC",
         help="D(eta,lam), or D(eta,lam):REG to set the regulariser (lsr, cp)",
     )
     sweep.add_argument("--seeds", nargs="+", type=int, default=[0])
     sweep.add_argument("--out", help="the sweep folder (default: runs/sweep-<time>-<preset>)")
     sweep.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the sweep in DIR (its plan is in DIR/sweep.json): finished runs "
+        "are skipped, unfinished ones resumed from their checkpoints",
+    )
+    sweep.add_argument(
         "--print",
         action="store_true",
         help="print one kdgen train command per run instead of running them",
+    )
+    sweep.add_argument(
+        "--executor",
+        choices=("local", "slurm"),
+        help="local: processes on this machine (default); slurm: one Slurm job per run",
+    )
+    sweep.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="local: trainings at once (default 1); each gets cores/N threads, or a GPU",
+    )
+    sweep.add_argument(
+        "--share-gpus",
+        action="store_true",
+        help="local: allow more jobs than visible GPUs (round robin over them)",
     )
     sweep.set_defaults(func=cmd_sweep)
 
@@ -274,12 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print a run folder's state and progress")
     status.add_argument("run_dir")
     status.set_defaults(func=cmd_status)
+    for command_parser in sub.choices.values():
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(args.func(args))
@@ -302,6 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _prints():
             print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
         return 130
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, letting each subcommand's key=value overrides come before or after
+    its options (``kdgen train smoke --out runs/x seed=5``): argparse's intermixed parsing
+    of the subcommand's own arguments."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    command = argv.index(args.command)
+    own = args.command_parser.parse_intermixed_args(argv[command + 1 :])
+    return argparse.Namespace(**{**vars(args), **vars(own)})
 
 
 def _one_line(message: str) -> str:

@@ -5,17 +5,23 @@ patriarchs would be identical (same eta, regulariser, k and form) share one: the
 trains it and the others load it with ``patriarch=<its folder>``. Every process of a
 seed also sees the same training subset and validation split, since those depend on the
 seed alone. Re-running a sweep skips finished runs and resumes unfinished ones.
+
+``SWEEP/sweep.json`` holds the plan (preset, overrides, processes, seeds and every run's
+command), so that ``kdgen sweep --resume SWEEP`` needs nothing else. How the runs are
+executed (here, one at a time; or in parallel, or on Slurm) is :mod:`kdgen.executors`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kdgen.config import REGULARIZERS, Config, build_config, parse_process
-from kdgen.errors import ConfigError
+from kdgen.errors import ConfigError, RunDirError
 from kdgen.generations import RunResult, train_generations
 from kdgen.runs import RunFolder, atomic_write_json
 
@@ -33,6 +39,16 @@ class SweepRun:
     def command(self, preset: str) -> str:
         words = ["kdgen", "train", preset, *self.overrides, "--out", self.path]
         return " ".join(shlex.quote(w) for w in words)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SweepRun:
+        return cls(
+            label=record["label"],
+            seed=int(record["seed"]),
+            path=record["path"],
+            overrides=tuple(record["overrides"]),
+            shares_patriarch_of=record.get("shares_patriarch_of"),
+        )
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -85,11 +101,81 @@ def plan_sweep(
     return runs
 
 
-def write_plan(out: Path, preset: str, runs: list[SweepRun]) -> None:
+PLAN_FILE = "sweep.json"
+
+
+def write_plan(
+    out: Path, preset: str, runs: list[SweepRun], settings: dict[str, Any] | None = None
+) -> None:
+    """``sweep.json``: the preset, every run with its command, and how it was executed
+    (``settings``: executor, jobs, ...). A different plan in the same folder is refused."""
+    saved = read_plan(out) if (out / PLAN_FILE).exists() else None
+    if saved is not None and _plan_records(saved[1]) != _plan_records(runs):
+        raise RunDirError(
+            f"{out} holds another sweep (its runs or overrides differ); "
+            f"resume it with: kdgen sweep --resume {out}, or choose another --out"
+        )
     atomic_write_json(
-        out / "sweep.json",
-        {"preset": preset, "runs": [{**asdict(r), "command": r.command(preset)} for r in runs]},
+        out / PLAN_FILE,
+        {
+            "preset": preset,
+            "resume": f"kdgen sweep --resume {shlex.quote(str(out))}",
+            "settings": settings or {},
+            "runs": [{**asdict(r), "command": r.command(preset)} for r in runs],
+        },
     )
+
+
+def _plan_records(runs: list[SweepRun]) -> list[tuple[str, tuple[str, ...]]]:
+    return [(str(Path(r.path).resolve()), tuple(r.overrides)) for r in runs]
+
+
+def read_plan(out: Path) -> tuple[str, list[SweepRun], dict[str, Any]]:
+    """The preset, runs and execution settings saved in ``out/sweep.json``."""
+    path = out / PLAN_FILE
+    if not path.is_file():
+        raise RunDirError(f"{out} holds no sweep (no {PLAN_FILE})")
+    try:
+        record = json.loads(path.read_text())
+        runs = [SweepRun.from_record(r) for r in record["runs"]]
+        return str(record["preset"]), runs, dict(record.get("settings") or {})
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunDirError(f"{path} is unreadable ({type(error).__name__})") from None
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return (path / PLAN_FILE).is_file()
+
+
+def run_status(path: str | Path) -> str | None:
+    """The ``run.json`` status of a run folder (None: never started)."""
+    folder = RunFolder(path)
+    return folder.read_state().get("status") if folder.state_path.exists() else None
+
+
+def patriarch_ready(path: str | Path) -> bool:
+    """Whether the run in ``path`` has finished its patriarch: ``gen0.pt`` is on disk and
+    its summary holds generation 0 (whose training metrics the runs that share it copy)."""
+    folder = RunFolder(path)
+    if not folder.generation_checkpoint(0).exists():
+        return False
+    try:
+        summary = folder.read_summary() or {}
+    except RunDirError:
+        return False
+    return any(entry.get("generation") == 0 for entry in summary.get("generations", []))
+
+
+def last_test_top1(path: str | Path) -> float | None:
+    """The test top-1 of the last generation in a run's summary (None: none yet)."""
+    try:
+        summary = RunFolder(path).read_summary() or {}
+    except RunDirError:
+        return None
+    generations = sorted(summary.get("generations", []), key=lambda e: e["generation"])
+    if not generations or not generations[-1].get("test"):
+        return None
+    return generations[-1]["test"].get("top1")
 
 
 def run_sweep(preset: str, runs: list[SweepRun], out: Path) -> list[RunResult]:

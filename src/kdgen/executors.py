@@ -1,0 +1,299 @@
+"""Executors of a sweep's runs: here in parallel processes, or on Slurm.
+
+Both take the plan of :mod:`kdgen.sweep` and run each run as ``kdgen train`` in its own
+process, so a run is trained exactly as its ``kdgen sweep --print`` command would train
+it. A run that shares another run's patriarch waits for that patriarch (``gen0.pt`` and
+its summary entry) and starts as soon as it exists. A finished run is skipped; a run
+with a ``config.yaml`` is resumed from its checkpoints (``kdgen train --resume``).
+
+Each run's folder receives ``train.log`` (its output) and ``resources.json`` (the
+executor, threads and devices it was given).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from kdgen.errors import ConfigError
+from kdgen.runs import RunFolder, atomic_write_json
+from kdgen.sweep import SweepRun, last_test_top1, patriarch_ready, run_status
+
+LOG_FILE = "train.log"
+RESOURCES_FILE = "resources.json"
+EXIT_RUNS_FAILED = 1
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run: finished, failed, interrupted or skipped (already done)."""
+
+    run: SweepRun
+    state: str
+    seconds: float = 0.0
+    top1: float | None = None
+    detail: str = ""
+
+    @property
+    def log(self) -> Path:
+        return Path(self.run.path) / LOG_FILE
+
+
+class Executor(Protocol):
+    """Runs (or submits) every run of a sweep and says what became of each."""
+
+    def execute(self, preset: str, runs: list[SweepRun]) -> list[RunOutcome]: ...
+
+
+def train_argv(preset: str, run: SweepRun) -> list[str]:
+    """The ``kdgen train`` arguments of a run: fresh, or resumed when it has a config.
+
+    The resumed form repeats the preset and overrides, so that a changed sweep is refused
+    (its config differs) instead of silently resumed with the old settings.
+    """
+    words = ["train", preset, *run.overrides, "progress=false"]
+    if RunFolder(run.path).config_path.exists():
+        return [*words, "--resume", run.path]
+    return [*words, "--out", run.path]
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        return [d.strip() for d in listed.split(",") if d.strip()][:count]
+    return [str(i) for i in range(count)]
+
+
+def _threads_env(threads: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+@dataclass
+class _Job:
+    run: SweepRun
+    process: subprocess.Popen[bytes]
+    slot: int
+    started: float
+    log: Any
+
+
+@dataclass
+class LocalExecutor:
+    """Up to ``jobs`` trainings at once on this machine, each in its own process.
+
+    CPU: each job's torch uses ``cores // jobs`` threads (at least 1). GPUs: job slot i
+    gets ``gpus[i % len(gpus)]`` alone through ``CUDA_VISIBLE_DEVICES``; more jobs than
+    GPUs only with ``share_gpus``. ``gpus=None`` looks for them (none for a CPU sweep).
+    """
+
+    jobs: int = 1
+    gpus: list[str] | None = None
+    share_gpus: bool = False
+    cores: int = field(default_factory=available_cores)
+    poll_seconds: float = 0.2
+    print_fn: Any = print
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs={self.jobs} must be >= 1")
+        if self.gpus and self.jobs > len(self.gpus) and not self.share_gpus:
+            raise ConfigError(
+                f"--jobs={self.jobs} exceeds the {len(self.gpus)} visible GPU(s); "
+                "pass --share-gpus to put several jobs on one GPU"
+            )
+        self.threads = max(1, self.cores // self.jobs)
+
+    def execute(self, preset: str, runs: list[SweepRun]) -> list[RunOutcome]:
+        outcomes: dict[str, RunOutcome] = {}
+        pending: list[SweepRun] = []
+        for run in runs:
+            if run_status(run.path) == "finished":
+                outcomes[run.path] = RunOutcome(run, "skipped", top1=last_test_top1(run.path))
+                self._say(f"[skip] {_name(run)}: finished earlier")
+            else:
+                pending.append(run)
+        running: dict[str, _Job] = {}
+        stop = _StopForwarder(running)
+        try:
+            with stop:
+                while pending or running:
+                    self._reap(running, outcomes, total=len(runs))
+                    if not stop.requested:
+                        self._launch(preset, pending, running, outcomes)
+                    elif not running:
+                        break
+                    time.sleep(self.poll_seconds)
+        except KeyboardInterrupt:  # the terminal's SIGINT reached every job as well
+            self._wait_all(running, outcomes, total=len(runs))
+        for run in pending:
+            outcomes.setdefault(run.path, RunOutcome(run, "interrupted", detail="not started"))
+        return [outcomes[run.path] for run in runs]
+
+    def _launch(
+        self,
+        preset: str,
+        pending: list[SweepRun],
+        running: dict[str, _Job],
+        outcomes: dict[str, RunOutcome],
+    ) -> None:
+        for run in list(pending):
+            if len(running) >= self.jobs:
+                return
+            owner = run.shares_patriarch_of
+            if owner is not None and not patriarch_ready(owner):
+                if owner in outcomes or owner not in {r.path for r in pending} | set(running):
+                    pending.remove(run)
+                    outcomes[run.path] = RunOutcome(
+                        run, "failed", detail=f"its patriarch run {owner} produced no gen0"
+                    )
+                    self._say(f"[fail] {_name(run)}: its patriarch run {owner} failed")
+                continue
+            pending.remove(run)
+            slot = min(set(range(self.jobs)) - {job.slot for job in running.values()})
+            running[run.path] = self._start(preset, run, slot)
+
+    def _start(self, preset: str, run: SweepRun, slot: int) -> _Job:
+        path = Path(run.path)
+        path.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **_threads_env(self.threads)}
+        resources: dict[str, Any] = {
+            "executor": "local",
+            "jobs": self.jobs,
+            "cores": self.cores,
+            "threads": self.threads,
+            "host": socket.gethostname(),
+            "started": time.time(),
+        }
+        if self.gpus:
+            device = self.gpus[slot % len(self.gpus)]
+            env["CUDA_VISIBLE_DEVICES"] = device
+            resources["cuda_visible_devices"] = device
+        argv = [sys.executable, "-m", "kdgen", *train_argv(preset, run)]
+        resumed = "--resume" in argv
+        log = (path / LOG_FILE).open("ab")
+        log.write(f"\n$ {' '.join(argv)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        atomic_write_json(path / RESOURCES_FILE, {**resources, "pid": process.pid})
+        where = f", GPU {resources['cuda_visible_devices']}" if self.gpus else ""
+        verb = "resume" if resumed else "start"
+        self._say(f"[{verb}] {_name(run)} ({self.threads} threads{where}), log: {path / LOG_FILE}")
+        return _Job(run, process, slot, time.monotonic(), log)
+
+    def _reap(self, running: dict[str, _Job], outcomes: dict[str, RunOutcome], total: int) -> None:
+        for path, job in list(running.items()):
+            code = job.process.poll()
+            if code is None:
+                continue
+            del running[path]
+            job.log.close()
+            outcome = _outcome(job, code)
+            outcomes[path] = outcome
+            self._say(f"[{len(outcomes)}/{total}] {_finish_line(outcome)}")
+
+    def _wait_all(
+        self, running: dict[str, _Job], outcomes: dict[str, RunOutcome], total: int
+    ) -> None:
+        while running:
+            try:
+                for job in running.values():
+                    job.process.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: the jobs exit at once too
+                continue
+            self._reap(running, outcomes, total)
+
+    def _say(self, line: str) -> None:
+        self.print_fn(line, flush=True)
+
+
+class _StopForwarder:
+    """While active, SIGTERM to the sweep asks every job to stop gracefully (they save a
+    resumable checkpoint); the sweep starts nothing more and waits for them."""
+
+    def __init__(self, running: dict[str, _Job]) -> None:
+        self.running = running
+        self.requested = False
+        self.previous: Any = None
+
+    def __enter__(self) -> _StopForwarder:
+        self.previous = signal.signal(signal.SIGTERM, self._forward)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        for job in self.running.values():
+            if job.process.poll() is None:
+                job.process.send_signal(signum)
+
+
+def _name(run: SweepRun) -> str:
+    return f"{run.label} seed {run.seed}"
+
+
+def _outcome(job: _Job, code: int) -> RunOutcome:
+    seconds = time.monotonic() - job.started
+    top1 = last_test_top1(job.run.path)
+    if code == 0:
+        return RunOutcome(job.run, "finished", seconds, top1)
+    state = "interrupted" if code in (130, 143, -signal.SIGINT, -signal.SIGTERM) else "failed"
+    return RunOutcome(job.run, state, seconds, top1, detail=f"exit status {code}")
+
+
+def _finish_line(outcome: RunOutcome) -> str:
+    top1 = "" if outcome.top1 is None else f", test top-1 {outcome.top1:.4f}"
+    detail = f" ({outcome.detail}, log: {outcome.log})" if outcome.state != "finished" else ""
+    return f"{_name(outcome.run)}: {outcome.state} in {outcome.seconds:.1f}s{top1}{detail}"
+
+
+def outcomes_table(outcomes: list[RunOutcome]) -> str:
+    """One row per run: process, seed, state, seconds, test top-1, log."""
+    header = ("process", "seed", "state", "seconds", "test top-1", "log")
+    rows = [
+        (
+            o.run.label,
+            str(o.run.seed),
+            o.state,
+            f"{o.seconds:.1f}" if o.seconds else "-",
+            "-" if o.top1 is None else f"{o.top1:.4f}",
+            str(o.log),
+        )
+        for o in outcomes
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def exit_status(outcomes: list[RunOutcome]) -> int:
+    """0 when every run finished (or had finished), else 1 (130 when interrupted)."""
+    if any(o.state == "failed" for o in outcomes):
+        return EXIT_RUNS_FAILED
+    if any(o.state == "interrupted" for o in outcomes):
+        return 130
+    return 0

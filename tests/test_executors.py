@@ -1,0 +1,112 @@
+"""Sweep executors: parallel local jobs with a shared patriarch, failures, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kdgen.cli import main
+from kdgen.executors import LocalExecutor, available_cores, exit_status
+from kdgen.runs import RunFolder
+from kdgen.sweep import plan_sweep, read_plan, run_status, write_plan
+from tests.conftest import FAST
+
+STUDY = (*FAST, "generations=1")
+PROCESSES = ("D(1.0,0.0)", "D(1.0,0.6)")
+
+
+def _sweep_argv(out: Path) -> list[str]:
+    return ["sweep", "smoke", *STUDY, "--processes", *PROCESSES, "--jobs", "2", "--out", str(out)]
+
+
+def _summaries(out: Path) -> dict[str, dict[str, object]]:
+    """Every run's summary without its config hash (the patriarch's path enters it)."""
+    summaries = {}
+    for path in sorted(out.glob("*/seed*/summary.json")):
+        summary = json.loads(path.read_text())
+        summary.pop("config_hash")
+        summaries[str(path.parent.relative_to(out))] = summary
+    return summaries
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-job sweep: a strict patriarch and a run that shares it."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(_sweep_argv(out)) == 0
+    return out
+
+
+def test_two_jobs_share_the_patriarch_and_split_the_cores(reference: Path) -> None:
+    patriarch, born_again = reference / "D1.0-0.0" / "seed0", reference / "D1.0-0.6" / "seed0"
+    assert run_status(patriarch) == run_status(born_again) == "finished"
+    strict = json.loads((patriarch / "summary.json").read_text())["generations"][0]
+    shared = json.loads((born_again / "summary.json").read_text())["generations"][0]
+    assert shared["test"] == strict["test"] and shared["train"] == strict["train"]
+    # Each run was trained once, and the second started only once gen0 was on disk.
+    for run in (patriarch, born_again):
+        assert (run / "train.log").read_text().count("\n$ ") == 1
+    resources = json.loads((born_again / "resources.json").read_text())
+    assert resources["started"] >= (patriarch / "checkpoints" / "gen0.pt").stat().st_mtime
+    assert resources["threads"] == max(1, available_cores() // 2)
+    assert resources["jobs"] == 2
+    assert not any(r["generation"] == 0 for r in RunFolder(born_again).read_metrics())
+
+
+def test_a_failing_run_stops_neither_the_others_nor_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad, child = plan_sweep(
+        "smoke", ["D(0.6,0.6)", "D(1.0,0.0)", "D(1.0,0.6)"], [0], tmp_path, STUDY
+    )
+    # Valid when planned, broken when run: the data set is not where the config says.
+    bad = replace(bad, overrides=(*bad.overrides, "data.name=cifar100", "data.root=/nonexistent"))
+    write_plan(tmp_path, "smoke", [good, bad, child], {"jobs": 2})
+    code = main(["sweep", "--resume", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert run_status(good.path) == "finished"
+    assert "kdgen: error:" in (Path(bad.path) / "train.log").read_text()
+    assert not (Path(child.path) / "train.log").exists()  # its patriarch never existed
+    assert f"run failed: {bad.path} (log: {Path(bad.path) / 'train.log'})" in err
+    assert f"run failed: {child.path}" in err
+    table = out[out.index("process  ") :].splitlines()
+    assert [line.split()[2] for line in table[1:4]] == ["finished", "failed", "failed"]
+
+
+def test_the_executor_skips_finished_runs(reference: Path) -> None:
+    _, runs, _ = read_plan(reference)
+    lines: list[str] = []
+    outcomes = LocalExecutor(jobs=2, print_fn=lambda line, **_: lines.append(line)).execute(
+        "smoke", runs
+    )
+    assert [o.state for o in outcomes] == ["skipped", "skipped"]
+    assert exit_status(outcomes) == 0 and all("finished earlier" in line for line in lines)
+
+
+def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
+    reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "kdgen", *_sweep_argv(out)]
+    sweep = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    last = out / "D1.0-0.0" / "seed0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and every training it started
+    sweep.wait()
+    assert run_status(out / "D1.0-0.0" / "seed0") == "running"  # killed mid-training
+    assert main(_sweep_argv(out)) == 0
+    assert _summaries(out) == _summaries(reference)
+    assert len(_summaries(out)) == 2
