@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from kdgen.cli import main
+from kdgen.config import Config
 from kdgen.errors import RunDirError
+from kdgen.generations import train_generations
 from kdgen.report import (
     METRIC_COLUMNS,
     find_runs,
@@ -22,8 +27,11 @@ from kdgen.report import (
     process_label,
     secondary_class_table,
     summarize,
+    t_interval,
     write_report,
 )
+from kdgen.report.collect import shared_patriarchs
+from kdgen.report.secondary import secondary_sets
 from kdgen.runs import RunFolder
 
 SEEDS = (0, 1, 2)
@@ -31,10 +39,14 @@ GENERATIONS = (0, 1, 2)
 # Test top-1 by process, seed, generation. Baseline gen 1: 0.71, 0.72, 0.73 -> 72.00 ± 1.00.
 TOP1 = {
     "D(1.0,0.0)": {0: [0.70, 0.71, 0.72], 1: [0.70, 0.72, 0.72], 2: [0.70, 0.73, 0.72]},
-    # Minus the baseline at gen 1: +2, +3, +5 pp -> mean 3.33, sd 1.53, SE 0.88 (> 2 SE).
-    "D(0.6,0.6)": {0: [0.66, 0.73, 0.74], 1: [0.66, 0.75, 0.75], 2: [0.75, 0.78, 0.76]},
+    # Minus the baseline: gen 0 -4, -4, +5 pp; gen 1 +1, +2, +3 pp; gen 2 +3, +6, +4 pp.
+    "D(0.6,0.6)": {0: [0.66, 0.72, 0.75], 1: [0.66, 0.74, 0.78], 2: [0.75, 0.76, 0.76]},
+    # Generation 0 is the baseline's patriarch, loaded; then -1 pp on every seed.
+    "D(1.0,0.6)": {0: [0.70, 0.70, 0.71], 1: [0.70, 0.71, 0.71], 2: [0.70, 0.72, 0.71]},
 }
-DIST_C = {"D(1.0,0.0)": 0.30, "D(0.6,0.6)": 0.20}
+DIST_C = {"D(1.0,0.0)": 0.30, "D(0.6,0.6)": 0.20, "D(1.0,0.6)": 0.30}
+ETA_LAM = {"D(1.0,0.0)": (1.0, 0.0), "D(0.6,0.6)": (0.6, 0.6), "D(1.0,0.6)": (1.0, 0.6)}
+SLUGS = {"D(1.0,0.0)": "D1.0-0.0", "D(0.6,0.6)": "D0.6-0.6", "D(1.0,0.6)": "D1.0-0.6"}
 CLASS_NAMES = ["apple", "pear", "plum", "oak", "pine", "elm"]
 COARSE = [0, 0, 0, 1, 1, 1]
 
@@ -52,12 +64,13 @@ def _metrics(top1: float, dist_c: float, prob: float) -> dict[str, Any]:
 
 
 def _summary(label: str, seed: int) -> dict[str, Any]:
-    eta, lam = (1.0, 0.0) if label == "D(1.0,0.0)" else (0.6, 0.6)
+    eta, lam = ETA_LAM[label]
     generations = []
     for g in GENERATIONS:
         top1 = TOP1[label][seed][g]
         dist_c = DIST_C[label] + 0.01 * g + 0.001 * seed
-        test = _metrics(top1, dist_c, 0.5 + 0.05 * g)
+        prob = 0.5 + 0.05 * g - (0.01 if label == "D(1.0,0.6)" and g > 0 else 0.0)
+        test = _metrics(top1, dist_c, prob)
         generations.append(
             {
                 "generation": g,
@@ -92,7 +105,11 @@ def _summary(label: str, seed: int) -> dict[str, Any]:
 def _write_run(path: Path, label: str, seed: int) -> None:
     folder = RunFolder(path)
     path.mkdir(parents=True)
-    folder.write_summary(_summary(label, seed))
+    summary = _summary(label, seed)
+    if label == "D(1.0,0.6)" and seed == 0:  # the other seeds share it without saying so
+        summary["patriarch"] = str(path.parent.parent / SLUGS["D(1.0,0.0)"] / "seed0")
+    folder.write_summary(summary)
+    folder.log({"generation": 0, "epoch": 1, "split": "test", "top1": 0.5})
     (path / "classes.json").write_text(
         json.dumps({"class_names": CLASS_NAMES, "coarse_of_fine": COARSE, "coarse_names": None})
     )
@@ -107,7 +124,7 @@ def _write_run(path: Path, label: str, seed: int) -> None:
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     (root / "sweep.json").write_text("{}")
-    for label, slug in (("D(1.0,0.0)", "D1.0-0.0"), ("D(0.6,0.6)", "D0.6-0.6")):
+    for label, slug in SLUGS.items():
         for seed in SEEDS:
             _write_run(root / slug / f"seed{seed}", label, seed)
     return root
@@ -145,12 +162,14 @@ def test_summarize_uses_sample_std() -> None:
 
 def test_runs_are_found_and_grouped(sweep: Path) -> None:
     groups = group_runs(find_runs([sweep]))
-    assert list(groups) == ["D(1.0,0.0)", "D(0.6,0.6)"]
+    assert list(groups) == ["D(1.0,0.0)", "D(1.0,0.6)", "D(0.6,0.6)"]
     assert [run.seed for run in groups["D(0.6,0.6)"]] == [0, 1, 2]
 
 
 def test_mean_std_cell_by_hand(report: Path) -> None:
-    row = _row(report.read_text(), "D(1.0,0.0)", "1")
+    text = report.read_text()
+    assert "mean ± sample standard deviation (ddof = 1)" in text.split("## Difference")[0]
+    row = _row(text, "D(1.0,0.0)", "1")
     assert row[2] == "3"  # n
     assert row[3] == "72.00 ± 1.00"
     assert row[-1] == "91.00 ± 0.00"  # train top-1
@@ -158,9 +177,9 @@ def test_mean_std_cell_by_hand(report: Path) -> None:
 
 def test_best_values_are_bold(report: Path) -> None:
     text = report.read_text()
-    # Highest test top-1: D(0.6,0.6) gen 1, 0.73, 0.75, 0.78 -> 75.33 ± 2.52.
-    assert _row(text, "D(0.6,0.6)", "1")[3] == "**75.33 ± 2.52**"
-    assert _row(text, "D(0.6,0.6)", "2")[3] == "75.00 ± 1.00"
+    # Highest test top-1: D(0.6,0.6) gen 2, 0.75, 0.78, 0.76 -> 76.33 ± 1.53.
+    assert _row(text, "D(0.6,0.6)", "2")[3] == "**76.33 ± 1.53**"
+    assert _row(text, "D(0.6,0.6)", "1")[3] == "74.00 ± 2.00"
     # Lowest Dist^C: D(0.6,0.6) gen 0 (0.200, 0.201, 0.202).
     assert _row(text, "D(0.6,0.6)", "0")[5] == "**0.201 ± 0.001**"
     assert not _row(text, "D(1.0,0.0)", "1")[3].startswith("**")
@@ -168,28 +187,98 @@ def test_best_values_are_bold(report: Path) -> None:
     assert "**" not in _row(text, "D(0.6,0.6)", "2")[7]
 
 
-def test_paired_difference_by_hand(report: Path) -> None:
-    diffs = [2.0, 3.0, 5.0]
+T_975_2 = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom, from a table
+
+
+def _differences(report: Path | str) -> str:
+    """The per-generation differences section of a report (its path or its text)."""
+    text = report.read_text() if isinstance(report, Path) else report
+    return text.split("## Difference")[1].split("## ")[0]
+
+
+def test_paired_difference_interval_by_hand(report: Path) -> None:
+    text = _differences(report)
+    assert "95% t-interval (Student t, n − 1 degrees of freedom)" in text
+    assert "called real only where its interval excludes 0" in text
+    # Gen 1: +1, +2, +3 pp: mean 2, sd 1, half-width t * 1 / sqrt(3) = 2.484: not real.
+    half = T_975_2 * 1.0 / math.sqrt(3)
+    row = _row(text, "D(0.6,0.6)", "1")
+    assert row[2:6] == ["3", "+2.00", f"[{2 - half:+.2f}, {2 + half:+.2f}]", "no"]
+    assert row[5] == "no" and row[4] == "[-0.48, +4.48]"
+    # Gen 2: +3, +6, +4 pp: mean 4.33, sd 1.528, half-width 3.795: the interval excludes 0.
+    diffs = [3.0, 6.0, 4.0]
     mean = sum(diffs) / 3
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3)
-    row = _row(report.read_text().split("## Difference")[1], "D(0.6,0.6)", "1")
-    assert row[2] == "3"
-    assert row[3] == f"**+{mean:.2f} ± {se:.2f}**"  # |3.33| > 2 * 0.88
-    assert row[4] == "**-0.100 ± 0.000**"  # every pair differs by -0.1: SE ~ 0
-    assert _row(report.read_text().split("## Difference")[1], "D(0.6,0.6)", "0")[3] == (
-        "-1.00 ± 3.00"  # -4, -4, +5 pp: sd sqrt(27), SE 3.00, not marked
-    )
+    half = T_975_2 * math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3)
+    row = _row(text, "D(0.6,0.6)", "2")
+    assert row[3:6] == [f"**+{mean:.2f}**", f"[{mean - half:+.2f}, {mean + half:+.2f}]", "yes"]
+    assert row[4] == "[+0.54, +8.13]"
+    # Dist^C: -0.1 on every seed, no spread: a zero-width interval, which excludes 0.
+    assert row[6:9] == ["**-0.100**", "[-0.100, -0.100]", "yes"]
+    # Gen 0: -4, -4, +5 pp: sd sqrt(27), half-width t * 3 = 12.91.
+    assert _row(text, "D(0.6,0.6)", "0")[3:6] == ["-1.00", "[-13.91, +11.91]", "no"]
+
+
+def test_t_interval_matches_scipy_and_hand() -> None:
+    interval = t_interval([1.0, 2.0, 3.0])
+    assert interval is not None and interval.n == 3 and interval.mean == pytest.approx(2.0)
+    assert interval.high - interval.mean == pytest.approx(T_975_2 / math.sqrt(3), abs=1e-6)
+    assert interval.excludes_zero is False
+    assert t_interval([1.0, 1.1, 1.2]).excludes_zero is True
+    assert t_interval([-1.0, -1.1, -1.2]).excludes_zero is True
+    assert t_interval([]) is None
+
+
+def test_one_pair_gives_no_interval_and_no_claim(tmp_path: Path) -> None:
+    for label, seeds in (("D(1.0,0.0)", (0, 1)), ("D(0.6,0.6)", (0,))):
+        for seed in seeds:
+            path = tmp_path / SLUGS[label] / f"seed{seed}"
+            path.mkdir(parents=True)
+            RunFolder(path).write_summary(_summary(label, seed))
+    single = t_interval([0.04])
+    assert single is not None and single.low is None and single.excludes_zero is None
+    report = write_report([tmp_path], tmp_path / "out")
+    row = _row(_differences(report), "D(0.6,0.6)", "2")
+    assert row[2:9] == ["1", "+3.00", "none (n = 1)", "-", "-0.100", "none (n = 1)", "-"]
+    assert "**" not in _differences(report)
+
+
+def test_shared_patriarch_is_not_evidence(report: Path, sweep: Path) -> None:
+    text = report.read_text()
+    row = _row(_differences(report), "D(1.0,0.6)", "0")
+    assert row[2] == "-" and row[3] == "shared with D(1.0,0.0)"
+    assert set(row[4:]) == {"-", "shared with D(1.0,0.0)"}
+    # Its students are new models: -1 pp on every seed.
+    assert _row(_differences(report), "D(1.0,0.6)", "1")[3:6] == [
+        "**-1.00**",
+        "[-1.00, -1.00]",
+        "yes",
+    ]
+    assert "D(1.0,0.6) generation 0 is the patriarch of D(1.0,0.0) loaded" in text
+    # Declared in the summary (seed 0) or found from identical metrics (seeds 1, 2).
+    shared = shared_patriarchs(group_runs(find_runs([sweep])))
+    assert shared == {("D(1.0,0.6)", seed): "D(1.0,0.0)" for seed in SEEDS}
+    per_class = text.split("## Secondary classes")[1]
+    assert "| D(1.0,0.6)" not in per_class and "patriarch shared with D(1.0,0.0)" in per_class
 
 
 def test_ensemble_rows(report: Path) -> None:
     row = _row(report.read_text(), "D(0.6,0.6)", "all [0,1,2]")
     assert row[3] == "**80.00 ± 0.00**"
+    # Every ensemble scores the same 0.8: a difference of exactly 0, never called real.
+    ensembles = report.read_text().split("## Ensembles: difference")[1]
+    assert _row(ensembles, "D(0.6,0.6)", "all [0,1,2]")[2:6] == [
+        "3",
+        "+0.00",
+        "[+0.00, +0.00]",
+        "no",
+    ]
 
 
 def test_report_header_and_per_class_view(report: Path, sweep: Path) -> None:
     text = report.read_text()
-    assert "6 runs: 2 processes" in text
+    assert "9 runs: 3 processes" in text
     assert f"kdgen report {sweep} --out {report.parent}" in text
+    assert "Baseline of the paired differences: D(1.0,0.0)." in text
     assert "synthetic" in text and "tiny_cnn" in text
     per_class = text.split("## Secondary classes")[1]
     assert "0 apple" in per_class and "5 elm" in per_class
@@ -199,6 +288,7 @@ def test_files_and_images(report: Path) -> None:
     out = report.parent
     page = (out / "report.html").read_text()
     assert '<img src="accuracy.png"' in page and "<table>" in page and "<strong>" in page
+    assert "95% t-interval of the mean" in page  # the figures say which spread they draw
     for name, min_width in (("accuracy.png", 800), ("secondary.png", 1500)):
         with Image.open(out / name) as image:
             image.verify()
@@ -206,6 +296,49 @@ def test_files_and_images(report: Path) -> None:
             width, height = image.size
         assert image.format == "PNG"
         assert min_width <= width <= 4000 and 300 <= height <= 2000
+
+
+def test_report_from_summaries_alone(report: Path, sweep: Path, tmp_path: Path) -> None:
+    """Committed results hold summary.json and metrics.jsonl only: every table is rebuilt,
+    the per-class view is left out with a note."""
+    for summary in sweep.rglob("summary.json"):
+        target = tmp_path / "runs" / summary.parent.relative_to(sweep)
+        target.mkdir(parents=True)
+        for name in ("summary.json", "metrics.jsonl"):
+            shutil.copy(summary.parent / name, target / name)
+    out = write_report([tmp_path / "runs"], tmp_path / "out")
+    text, full = out.read_text(), report.read_text()
+    for section in ("## Per generation", "## Difference", "## Ensembles"):
+        assert text.split(section)[1].split("## ")[0] == full.split(section)[1].split("## ")[0]
+    assert "no test logits of generation 0 (logits/gen0.pt) for D(1.0,0.0)" in text
+    assert (tmp_path / "out" / "accuracy.png").is_file()
+    assert (tmp_path / "out" / "secondary.png").is_file()
+
+
+def test_baseline_is_configurable(sweep: Path, tmp_path: Path) -> None:
+    assert main(["report", str(sweep), "--out", str(tmp_path), "--baseline", "D(0.6,0.6)"]) == 0
+    text = _differences(tmp_path / "report.md")
+    assert "minus D(0.6,0.6)" in text
+    assert _row(text, "D(1.0,0.0)", "1")[3:6] == ["-2.00", "[-4.48, +0.48]", "no"]
+    assert "--baseline 'D(0.6,0.6)'" in (tmp_path / "report.md").read_text()
+
+
+def test_val_size_zero_runs_report(fast_config: Callable[..., Config], tmp_path: Path) -> None:
+    """The paper presets train on the whole training set: no validation split anywhere,
+    and a patriarch shared through ``patriarch=``."""
+    strict = train_generations(
+        fast_config("process=D(1.0,0.0)", "data.val_size=0", "schedule.epochs=1", out="s")
+    )
+    shared = train_generations(
+        fast_config("process=D(1.0,0.6)", "data.val_size=0", f"patriarch={strict.path}", out="t")
+    )
+    for result in (strict, shared):
+        assert all(entry["val"] is None for entry in result.summary["generations"])
+        assert set(RunFolder(result.path).load_logits(0)) == {"test"}
+    text = write_report([strict.path, shared.path], tmp_path / "out").read_text()
+    assert _row(_differences(text), "D(1.0,0.6)", "0")[3] == "shared with D(1.0,0.0)"
+    assert _row(text, "D(1.0,0.6)", "1")[2] == "1"  # n = 1: its mean alone
+    assert "none (n = 1)" in _row(_differences(text), "D(1.0,0.6)", "1")
 
 
 def test_secondary_class_table_by_hand() -> None:
@@ -244,7 +377,7 @@ def test_empty_folder_is_refused(tmp_path: Path) -> None:
 def test_generations_table_still_works() -> None:
     table = generations_table([_summary("D(0.6,0.6)", 0)])
     assert table.splitlines()[0].startswith("|    process | gen | test top-1")
-    assert "| D(0.6,0.6) |   2 |     0.7400 |" in table
+    assert "| D(0.6,0.6) |   2 |     0.7500 |" in table
 
 
 def test_pairs_need_the_same_seed(sweep: Path) -> None:
@@ -252,7 +385,17 @@ def test_pairs_need_the_same_seed(sweep: Path) -> None:
     baseline = [run for run in groups["D(1.0,0.0)"] if run.seed != 1]
     column = METRIC_COLUMNS[0]
     diffs = paired_differences(groups["D(0.6,0.6)"], baseline, 1, column)
-    assert diffs == pytest.approx([0.02, 0.05])
+    assert diffs == pytest.approx([0.01, 0.03])
+
+
+def test_secondary_sets_keep_wide_logits_wide() -> None:
+    """Saved logits of any dtype are read at float32 or wider, never rounded down: 1e-12
+    apart is a tie in float32 (lower index first) but not in float64."""
+    logits = torch.tensor([[5.0, 1.0, 1.0 + 1e-12, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0])
+    assert secondary_sets(logits, labels, k=2).tolist() == [[2]]
+    assert secondary_sets(logits.float(), labels, k=2).tolist() == [[1]]
+    assert secondary_sets(logits.half(), labels, k=2).tolist() == [[1]]
 
 
 def test_runs_without_logits_are_noted(tmp_path: Path) -> None:

@@ -187,7 +187,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kdgen.report import write_report
 
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
-    path = write_report([Path(d) for d in args.dirs], out, per_class_examples=args.classes)
+    path = write_report(
+        [Path(d) for d in args.dirs], out, per_class_examples=args.classes, baseline=args.baseline
+    )
     print(
         f"wrote {path}, {path.with_suffix('.html')}, {out / 'accuracy.png'}, "
         f"{out / 'secondary.png'}"
@@ -320,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write (default: FIRST_DIR/report)")
     report.add_argument(
         "--classes", type=int, default=6, help="classes shown in the per-class secondary view"
+    )
+    report.add_argument(
+        "--baseline",
+        default="D(1.0,0.0)",
+        help="the process every other is paired with, by seed (default: D(1.0,0.0))",
     )
     report.set_defaults(func=cmd_report)
 

@@ -1,0 +1,183 @@
+"""Finding run folders, reading their summaries and grouping them by process.
+
+Only ``summary.json`` is needed (``config.yaml``, when present, tells whether generation 0
+was loaded from another run): a folder of committed summaries is enough for every table
+and figure. Logits are read only by the per-class view.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from kdgen.errors import KdgenError, RunDirError
+from kdgen.runs import RunFolder
+
+BASELINE = "D(1.0,0.0)"
+
+
+def process_label(summary: dict[str, Any]) -> str:
+    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD."""
+    regularizer = summary.get("regularizer", "tsd")
+    if summary.get("eta", 1.0) < 1.0 and regularizer != "tsd":
+        return f"{summary['process']}:{regularizer}"
+    return str(summary["process"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run folder and its summary."""
+
+    folder: RunFolder
+    summary: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return process_label(self.summary)
+
+    @property
+    def seed(self) -> int:
+        return int(self.summary.get("seed", 0))
+
+    def generation(self, g: int) -> dict[str, Any] | None:
+        return next((e for e in self.summary["generations"] if e["generation"] == g), None)
+
+    def ensemble(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in self.summary.get("ensembles") or [] if e["name"] == name), None)
+
+    @property
+    def patriarch_source(self) -> str | None:
+        """Where generation 0 was loaded from (``patriarch=``), None when trained here."""
+        found = self.summary.get("patriarch")
+        if found is None and self.folder.config_path.is_file():
+            try:
+                found = OmegaConf.load(self.folder.config_path).get("patriarch")
+            except (OSError, ValueError):  # an unreadable config: judge by the metrics alone
+                found = None
+        return str(found) if found else None
+
+
+def find_runs(dirs: Sequence[Path]) -> list[Run]:
+    """Every run folder (one holding ``summary.json``) at or below the given folders."""
+    paths: dict[Path, None] = {}
+    for directory in dirs:
+        for path in sorted(Path(directory).rglob("summary.json")):
+            paths[path.parent.resolve()] = None
+    runs = []
+    for path in paths:
+        folder = RunFolder(path, writable=False)
+        summary = folder.read_summary()
+        if summary and summary.get("generations"):
+            runs.append(Run(folder, summary))
+    if not runs:
+        where = ", ".join(str(d) for d in dirs) or "(no folders given)"
+        raise RunDirError(f"no run folder with a summary.json (with results) under {where}")
+    return runs
+
+
+def _process_order(label: str, baseline: str) -> tuple[int, float, float, str]:
+    match = re.match(r"D\(([\d.]+),([\d.]+)\)", label)
+    eta, lam = (float(match.group(1)), float(match.group(2))) if match else (0.0, 0.0)
+    return (label != baseline, -eta, lam, label)
+
+
+def group_runs(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str, list[Run]]:
+    """Runs by process label (baseline first, then strict, then tolerant), sorted by seed."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return {
+        label: sorted(groups[label], key=lambda r: (r.seed, str(r.folder.path)))
+        for label in sorted(groups, key=lambda label: _process_order(label, baseline))
+    }
+
+
+def generations_of(runs: Sequence[Run]) -> list[int]:
+    """Every generation number found in the runs, ascending."""
+    return sorted({e["generation"] for run in runs for e in run.summary["generations"]})
+
+
+def ensemble_names(runs: Sequence[Run]) -> dict[str, list[int]]:
+    """Every ensemble name of the runs, with its members (as the first run lists them)."""
+    names: dict[str, list[int]] = {}
+    for run in runs:
+        for ensemble in run.summary.get("ensembles") or []:
+            names.setdefault(ensemble["name"], ensemble.get("members", []))
+    return names
+
+
+# --- shared patriarchs ------------------------------------------------------------------------
+
+
+def _same_patriarch(a: Run, b: Run) -> bool:
+    """Both runs' generation 0 gave identical test metrics: one model, evaluated twice."""
+    first, second = a.generation(0), b.generation(0)
+    return bool(first and second and first.get("test") and first.get("test") == second.get("test"))
+
+
+def shared_patriarchs(groups: dict[str, list[Run]]) -> dict[tuple[str, int], str]:
+    """``(process, seed) -> owner`` for every run whose generation 0 was not trained by it.
+
+    A run shares its patriarch when its generation 0 has exactly the test metrics of an
+    earlier process's run of the same seed (one model, evaluated twice; ``groups`` is in
+    report order, the baseline first) or when it says so (``patriarch`` in its summary or
+    config). ``owner`` is the label of the earliest such process, else the label of the
+    run the ``patriarch`` path points into, else that path.
+    """
+    shared: dict[tuple[str, int], str] = {}
+    labels = list(groups)
+    by_seed = {(label, run.seed): run for label, runs in groups.items() for run in runs}
+    for position, label in enumerate(labels):
+        for run in groups[label]:
+            earlier = (by_seed.get((other, run.seed)) for other in labels[:position])
+            match = next((o for o in earlier if o is not None and _same_patriarch(run, o)), None)
+            source = run.patriarch_source
+            if match is not None:
+                shared[(label, run.seed)] = match.label
+            elif source is not None:
+                shared[(label, run.seed)] = _source_label(source, by_seed.values())
+    return shared
+
+
+def _source_label(source: str, runs: Iterable[Run]) -> str:
+    """The label of the run a ``patriarch=`` path points into, else the path itself."""
+    path = Path(source)
+    for candidate in (path, path.parent.parent):
+        resolved = candidate.resolve() if candidate.exists() else None
+        for run in runs:
+            if resolved is not None and run.folder.path.resolve() == resolved:
+                return run.label
+    return source
+
+
+# --- class names ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    names: list[str]
+    coarse_of_fine: list[int] | None
+
+
+def class_info(run: Run) -> ClassInfo:
+    """Class names and coarse labels: ``classes.json``, else the data set itself, else
+    placeholder names."""
+    path = run.folder.path / "classes.json"
+    if path.is_file():
+        value = json.loads(path.read_text())
+        return ClassInfo(list(value["class_names"]), value.get("coarse_of_fine"))
+    try:
+        from kdgen.config import build_config
+        from kdgen.generations import load_data
+
+        dataset = load_data(build_config(str(run.folder.config_path)))
+        return ClassInfo(list(dataset.class_names), dataset.coarse_of_fine)
+    except (KdgenError, OSError, ValueError):
+        count = int(run.summary.get("num_classes", 0))
+        return ClassInfo([f"class {i}" for i in range(count)], None)

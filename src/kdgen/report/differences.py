@@ -1,0 +1,133 @@
+"""Paired differences from the baseline process, with their 95% t-intervals.
+
+Pairs are formed by seed: a seed counts only where both the process and the baseline ran
+it (n says how many did). A difference is called real only where its interval excludes 0;
+with n = 1 there is no interval and no claim. A generation 0 loaded from another process
+(a shared patriarch) is the same model, not evidence, and is shown as shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kdgen.report.collect import BASELINE, Run, ensemble_names, generations_of
+from kdgen.report.stats import CONFIDENCE, Interval, pair_by_seed, t_interval
+from kdgen.report.tables import Column, Table
+
+DIFFERENCE_COLUMNS = (
+    Column("Δ test top-1 (pp)", "top1", 100.0, 2, None),
+    Column("Δ Dist^C", "dist_c", 1.0, 3, None),
+)
+
+
+def paired_differences(
+    runs: Sequence[Run],
+    baseline: Sequence[Run],
+    generation: int,
+    column: Column,
+    skip_seeds: Sequence[int] = (),
+) -> list[float]:
+    """Per seed, run minus the baseline run of that seed, at one generation (seeds in both)."""
+    return pair_by_seed(
+        runs, baseline, lambda run: column.read(run.generation(generation)), skip_seeds
+    )
+
+
+def difference_note(baseline: str) -> str:
+    level = f"{CONFIDENCE:.0%}"
+    return (
+        f"Paired by seed: each process minus {baseline} on the same seed, counting only "
+        f"seeds both ran (n = number of pairs). Each metric: the mean difference, its {level} "
+        f"t-interval (Student t, n − 1 degrees of freedom) and whether that interval excludes "
+        "0. A difference is called real only where its interval excludes 0 (mean in bold); "
+        "with n = 1 there is no interval and nothing is claimed. The intervals are not "
+        "corrected for the many rows: where there is no true effect, about 1 row in "
+        f"{1 / (1 - CONFIDENCE):.0f} still excludes 0 by chance."
+    )
+
+
+def _sign(value: float, scale: float, digits: int) -> str:
+    return f"{value * scale:+.{digits}f}"
+
+
+def difference_cells(interval: Interval | None, column: Column) -> list[str]:
+    """Mean, interval and "excludes 0" cells of one metric's paired differences."""
+    if interval is None:
+        return ["-", "-", "-"]
+    mean = _sign(interval.mean, column.scale, column.digits)
+    if interval.low is None or interval.high is None:
+        return [mean, "none (n = 1)", "-"]
+    low = _sign(interval.low, column.scale, column.digits)
+    high = _sign(interval.high, column.scale, column.digits)
+    real = bool(interval.excludes_zero)
+    return [f"**{mean}**" if real else mean, f"[{low}, {high}]", "yes" if real else "no"]
+
+
+def _headers(key: str) -> list[str]:
+    level = f"{CONFIDENCE:.0%} CI"
+    per_metric = [[c.header, level, "excludes 0"] for c in DIFFERENCE_COLUMNS]
+    return ["process", key, "n", *(h for group in per_metric for h in group)]
+
+
+def _row(label: str, key: str, diffs: list[list[float]]) -> list[str]:
+    intervals = [t_interval(d) for d in diffs]
+    cells = [
+        cell
+        for interval, column in zip(intervals, DIFFERENCE_COLUMNS, strict=True)
+        for cell in difference_cells(interval, column)
+    ]
+    return [label, key, str(len(diffs[0])), *cells]
+
+
+def differences_table(
+    groups: dict[str, list[Run]],
+    shared: dict[tuple[str, int], str] | None = None,
+    baseline: str = BASELINE,
+) -> Table | None:
+    """Per process and generation, the paired differences from ``baseline``; None when the
+    baseline or any other process is missing. Seeds whose generation 0 is shared are left
+    out of generation 0; a generation 0 shared on every seed says whose it is instead."""
+    base = groups.get(baseline)
+    if not base or len(groups) < 2:
+        return None
+    shared = shared or {}
+    rows = []
+    for label, runs in groups.items():
+        if label == baseline:
+            continue
+        for g in generations_of(runs):
+            skip = [run.seed for run in runs if g == 0 and (label, run.seed) in shared]
+            if skip and len(skip) == len(runs):
+                owners = sorted({shared[(label, seed)] for seed in skip})
+                text = f"shared with {', '.join(owners)}"
+                rows.append([label, str(g), "-", *([text, "-", "-"] * len(DIFFERENCE_COLUMNS))])
+                continue
+            diffs = [paired_differences(runs, base, g, c, skip) for c in DIFFERENCE_COLUMNS]
+            rows.append(_row(label, str(g), diffs))
+    return Table(_headers("gen"), rows, left=1, notes=[difference_note(baseline)])
+
+
+def ensemble_differences_table(
+    groups: dict[str, list[Run]], baseline: str = BASELINE
+) -> Table | None:
+    """Per process and ensemble name, paired differences from the baseline's ensemble of
+    the same name; None when the baseline has no ensembles."""
+    base = groups.get(baseline)
+    names = ensemble_names(base or [])
+    if not names or len(groups) < 2:
+        return None
+    rows = []
+    for label, runs in groups.items():
+        if label == baseline:
+            continue
+        for name, members in ensemble_names(runs).items():
+            if name not in names:
+                continue
+            diffs = [
+                pair_by_seed(runs, base or [], lambda run, c=c, n=name: c.read(run.ensemble(n)))
+                for c in DIFFERENCE_COLUMNS
+            ]
+            rows.append(_row(label, f"{name} [{','.join(map(str, members))}]", diffs))
+    if not rows:
+        return None
+    return Table(_headers("ensemble"), rows, left=2)

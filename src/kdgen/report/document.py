@@ -1,0 +1,135 @@
+"""``kdgen report``: every run folder under some folders -> report.md, report.html and two
+figures, from the runs' ``summary.json`` files (plus logits, when present, for the
+per-class view)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdgen.report.collect import BASELINE, Run, find_runs, group_runs, shared_patriarchs
+from kdgen.report.differences import differences_table, ensemble_differences_table
+from kdgen.report.figures import BAND, plot_accuracy, plot_secondary
+from kdgen.report.html_page import page
+from kdgen.report.secondary import per_class_table
+from kdgen.report.tables import Section, ensembles_table, generations_summary_table
+from kdgen.runs import atomic_write_text
+
+FIGURES = (
+    ("accuracy.png", f"Test top-1 accuracy over generations ({BAND})"),
+    ("secondary.png", f"Dist^C, Dist^S and mean top-1 probability over generations ({BAND})"),
+)
+
+
+def _header_lines(
+    dirs: Sequence[Path], out: Path, runs: list[Run], groups: dict, baseline: str
+) -> list[str]:
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(r.summary.get(key, "?")) for r in runs}))
+
+    seeds = sorted({r.seed for r in runs})
+    command = ["kdgen", "report", *(shlex.quote(str(d)) for d in dirs)]
+    command += ["--out", shlex.quote(str(out))]
+    if baseline != BASELINE:
+        command += ["--baseline", shlex.quote(baseline)]
+    return [
+        f"{len(runs)} runs: {len(groups)} processes, seeds {', '.join(map(str, seeds))}.",
+        f"Data: {values('data')}; model: {values('model')}; K = {values('k')}.",
+        f"Baseline of the paired differences: {baseline}.",
+        f"Regenerate: `{' '.join(command)}`",
+    ]
+
+
+def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> list[Section]:
+    shared = shared_patriarchs(groups)
+    sections = [
+        Section(
+            "Per generation (mean ± sample std over seeds)",
+            "Test metrics and the final training top-1. Bold: best in its column "
+            "(highest accuracy, lowest Dist^C and Dist^S).",
+            generations_summary_table(groups, shared),
+        )
+    ]
+    differences = differences_table(groups, shared, baseline)
+    if differences is not None:
+        sections.append(
+            Section(f"Difference from {baseline} (paired, 95% t-interval)", "", differences)
+        )
+    ensembles = ensembles_table(groups)
+    if ensembles is not None:
+        sections.append(
+            Section(
+                "Ensembles (mean ± sample std over seeds)",
+                "Softmax averages of the listed generations.",
+                ensembles,
+            )
+        )
+    ensemble_differences = ensemble_differences_table(groups, baseline)
+    if ensemble_differences is not None:
+        sections.append(
+            Section(
+                f"Ensembles: difference from {baseline} (paired, 95% t-interval)",
+                f"Each ensemble minus {baseline}'s ensemble of the same name on the same seed; "
+                "n, intervals and the rule for calling a difference real as above.",
+                ensemble_differences,
+            )
+        )
+    table, notes = per_class_table(groups, examples, shared)
+    sections.append(
+        Section(
+            "Secondary classes of the patriarch, per class",
+            "Generation 0 of each process on the test split (first seed). S = the K-1 "
+            "highest-scoring classes other than the true one; for each true class, the 3 "
+            "classes most often in S: name (images with it in S, share of the class's "
+            "images). † = sibling (same coarse class); *siblings in S* = share of all of "
+            "the class's secondary slots held by siblings.",
+            table,
+            f"Left out: {notes}." if notes else "",
+        )
+    )
+    return sections
+
+
+def _markdown(header: list[str], sections: list[Section]) -> str:
+    parts = ["# kdgen report", "", *(f"{line}  " for line in header), ""]
+    for file, caption in FIGURES:
+        parts += [f"![{caption}]({file})", "", f"*{caption}*", ""]
+    for section in sections:
+        parts += [f"## {section.title}", ""]
+        if section.intro:
+            parts += [section.intro, ""]
+        if section.table is not None:
+            parts += [*(f"{note}\n" for note in section.table.notes)]
+            parts += [section.table.markdown(), ""]
+        if section.outro:
+            parts += [section.outro, ""]
+    return "\n".join(parts)
+
+
+def write_report(
+    dirs: Sequence[Path],
+    out: Path,
+    *,
+    per_class_examples: int = 6,
+    baseline: str = BASELINE,
+) -> Path:
+    """Write report.md, report.html, accuracy.png and secondary.png into ``out`` from every
+    run folder under ``dirs``, paired differences against ``baseline``; return the path of
+    report.md.
+
+    Raises :class:`RunDirError` when no ``summary.json`` is found under ``dirs``.
+    """
+    dirs = [Path(d) for d in dirs]
+    out = Path(out)
+    runs = find_runs(dirs)
+    groups = group_runs(runs, baseline)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(groups, out / "accuracy.png", baseline)
+    plot_secondary(groups, out / "secondary.png", baseline)
+    header = _header_lines(dirs, out, runs, groups, baseline)
+    sections = _sections(groups, per_class_examples, baseline)
+    atomic_write_text(out / "report.html", page(header, FIGURES, sections))
+    path = out / "report.md"
+    atomic_write_text(path, _markdown(header, sections))
+    return path
