@@ -63,6 +63,17 @@ def _metrics(top1: float, dist_c: float, prob: float) -> dict[str, Any]:
     }
 
 
+def _loss_parts(eta: float, lam: float, generation: int, seed: int) -> dict[str, float]:
+    """Loss components of a train record: CE always, the tolerance term for a tolerant
+    patriarch, the teacher term for students with lam > 0."""
+    parts = {"loss_ce": 0.4 + 0.01 * seed}
+    if generation == 0 and eta < 1.0:
+        parts["loss_reg"] = 0.2
+    if generation > 0 and lam > 0:
+        parts["loss_kd"] = 0.1 * generation
+    return parts
+
+
 def _summary(label: str, seed: int) -> dict[str, Any]:
     eta, lam = ETA_LAM[label]
     generations = []
@@ -76,7 +87,7 @@ def _summary(label: str, seed: int) -> dict[str, Any]:
                 "generation": g,
                 "teacher": None if g == 0 else g - 1,
                 "epochs": 3,
-                "train": {"loss": 0.5, "top1": 0.9 + 0.01 * g},
+                "train": {"loss": 0.5, "top1": 0.9 + 0.01 * g, **_loss_parts(eta, lam, g, seed)},
                 "val": test,
                 "test": test,
             }
@@ -261,6 +272,21 @@ def test_shared_patriarch_is_not_evidence(report: Path, sweep: Path) -> None:
     assert "| D(1.0,0.6)" not in per_class and "patriarch shared with D(1.0,0.0)" in per_class
 
 
+def test_training_loss_parts(report: Path) -> None:
+    losses = report.read_text().split("## Training loss")[1].split("## ")[0]
+    assert _row(losses, "process")[3:] == ["loss", "loss_ce", "loss_reg", "loss_kd"]
+    # loss_ce 0.40, 0.41, 0.42 over the seeds; no tolerance or teacher term in the baseline.
+    assert _row(losses, "D(1.0,0.0)", "1")[2:] == [
+        "3",
+        "0.5000 ± 0.0000",
+        "0.4100 ± 0.0100",
+        "-",
+        "-",
+    ]
+    assert _row(losses, "D(0.6,0.6)", "0")[5:] == ["0.2000 ± 0.0000", "-"]
+    assert _row(losses, "D(0.6,0.6)", "2")[5:] == ["-", "0.2000 ± 0.0000"]
+
+
 def test_ensemble_rows(report: Path) -> None:
     row = _row(report.read_text(), "D(0.6,0.6)", "all [0,1,2]")
     assert row[3] == "**80.00 ± 0.00**"
@@ -401,7 +427,11 @@ def test_secondary_sets_keep_wide_logits_wide() -> None:
 def test_runs_without_logits_are_noted(tmp_path: Path) -> None:
     path = tmp_path / "run"
     path.mkdir()
-    RunFolder(path).write_summary(_summary("D(0.6,0.6)", 0))
+    summary = _summary("D(0.6,0.6)", 0)
+    for entry in summary["generations"]:  # a run from before the loss was logged in parts
+        entry["train"] = {"loss": 0.5, "top1": 0.9}
+    RunFolder(path).write_summary(summary)
     text = write_report([tmp_path], tmp_path / "out", per_class_examples=2).read_text()
     assert "no test logits of generation 0" in text
     assert "Difference from" not in text  # no baseline
+    assert "## Training loss" not in text

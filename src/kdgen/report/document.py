@@ -13,7 +13,12 @@ from kdgen.report.differences import differences_table, ensemble_differences_tab
 from kdgen.report.figures import BAND, plot_accuracy, plot_secondary
 from kdgen.report.html_page import page
 from kdgen.report.secondary import per_class_table
-from kdgen.report.tables import Section, ensembles_table, generations_summary_table
+from kdgen.report.tables import (
+    Section,
+    ensembles_table,
+    generations_summary_table,
+    training_loss_table,
+)
 from kdgen.runs import atomic_write_text
 
 FIGURES = (
@@ -73,6 +78,18 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 f"Each ensemble minus {baseline}'s ensemble of the same name on the same seed; "
                 "n, intervals and the rule for calling a difference real as above.",
                 ensemble_differences,
+            )
+        )
+    losses = training_loss_table(groups)
+    if losses is not None:
+        sections.append(
+            Section(
+                "Training loss at the last epoch (mean ± sample std over seeds)",
+                "The total and its parts as the last epoch's train record logs them: loss_ce "
+                "(cross-entropy with the labels), loss_reg (the tolerance term, where one is "
+                "trained), loss_kd (the teacher term of students with lam > 0); '-' where the "
+                "generation's loss has no such part.",
+                losses,
             )
         )
     table, notes = per_class_table(groups, examples, shared)

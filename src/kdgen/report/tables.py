@@ -129,9 +129,11 @@ SPREAD_NOTE = (
 )
 
 
-def _bold_best(stats: list[list[Stat | None]], cells: list[list[str]]) -> None:
+def _bold_best(
+    stats: list[list[Stat | None]], cells: list[list[str]], columns: Sequence[Column]
+) -> None:
     """Bold, in place, the best mean of each column (ties on the shown digits all bold)."""
-    for j, column in enumerate(METRIC_COLUMNS):
+    for j, column in enumerate(columns):
         if column.best is None:
             continue
         shown = [
@@ -148,28 +150,38 @@ def _bold_best(stats: list[list[Stat | None]], cells: list[list[str]]) -> None:
                 cells[i][j] = f"**{cells[i][j]}**"
 
 
-def _metric_rows(keys: list[list[str]], entries: list[list[dict[str, Any] | None]]) -> list:
+def _metric_rows(
+    keys: list[list[str]],
+    entries: list[list[dict[str, Any] | None]],
+    columns: Sequence[Column] = METRIC_COLUMNS,
+) -> list[list[str]]:
     """Rows of leading key cells, then n and each metric column as mean ± std over seeds."""
-    stats = [[summarize(c.read(e) for e in group) for c in METRIC_COLUMNS] for group in entries]
+    stats = [[summarize(c.read(e) for e in group) for c in columns] for group in entries]
     cells = [
-        [format_stat(s, c.scale, c.digits) for s, c in zip(row, METRIC_COLUMNS, strict=True)]
+        [format_stat(s, c.scale, c.digits) for s, c in zip(row, columns, strict=True)]
         for row in stats
     ]
-    _bold_best(stats, cells)
+    _bold_best(stats, cells, columns)
     return [
         [*key, str(len(group)), *row] for key, group, row in zip(keys, entries, cells, strict=True)
     ]
+
+
+def _per_generation(groups: dict[str, list[Run]]) -> tuple[list[list[str]], list[list[Any]]]:
+    """Key cells (process, generation) and the runs' summary entries, one row each."""
+    keys, entries = [], []
+    for label, runs in groups.items():
+        for g in generations_of(runs):
+            keys.append([label, str(g)])
+            entries.append([e for e in (run.generation(g) for run in runs) if e is not None])
+    return keys, entries
 
 
 def generations_summary_table(
     groups: dict[str, list[Run]], shared: dict[tuple[str, int], str] | None = None
 ) -> Table:
     """One row per process and generation: each metric as mean ± sample std over seeds."""
-    keys, entries = [], []
-    for label, runs in groups.items():
-        for g in generations_of(runs):
-            keys.append([label, str(g)])
-            entries.append([e for e in (run.generation(g) for run in runs) if e is not None])
+    keys, entries = _per_generation(groups)
     headers = ["process", "gen", "n", *(c.header for c in METRIC_COLUMNS)]
     notes = [SPREAD_NOTE, *_shared_notes(groups, shared or {})]
     return Table(headers, _metric_rows(keys, entries), left=1, notes=notes)
@@ -200,3 +212,24 @@ def ensembles_table(groups: dict[str, list[Run]]) -> Table | None:
     headers = ["process", "ensemble", "n", *(c.header for c in METRIC_COLUMNS[:-1])]
     spread = "Cells: mean ± sample standard deviation (ddof = 1) over the n seeds of the row."
     return Table(headers, rows, left=2, notes=[spread])
+
+
+LOSS_COLUMNS = (
+    Column("loss", "loss", 1.0, 4, None, split="train"),
+    Column("loss_ce", "loss_ce", 1.0, 4, None, split="train"),
+    Column("loss_reg", "loss_reg", 1.0, 4, None, split="train"),
+    Column("loss_kd", "loss_kd", 1.0, 4, None, split="train"),
+)
+
+
+def training_loss_table(groups: dict[str, list[Run]]) -> Table | None:
+    """The last epoch's training loss and its parts per process and generation, mean ±
+    sample std over seeds; None when no run logged the parts (older runs)."""
+    keys, entries = _per_generation(groups)
+    found = {key for group in entries for e in group for key in (e or {}).get("train") or {}}
+    if not found & {"loss_ce", "loss_reg", "loss_kd"}:
+        return None
+    columns = [c for c in LOSS_COLUMNS if c.key in found]
+    headers = ["process", "gen", "n", *(c.header for c in columns)]
+    note = "Cells: mean ± sample standard deviation (ddof = 1) over the n seeds of the row."
+    return Table(headers, _metric_rows(keys, entries, columns), left=1, notes=[note])
