@@ -49,14 +49,14 @@ class Step:
     updates: dict[str, torch.Tensor]
 
 
-def make_config(model: str, device: torch.device, lam: float, amp: bool) -> Config:
+def make_config(model: str, device: torch.device, lam: float, precision: str) -> Config:
     return build_config(
         None,
         [
             f"model={model}",
             f"device={device.type}",
             f"lam={lam}",
-            f"amp={str(amp).lower()}",
+            f"precision={precision}",
             "progress=false",
             "tensorboard=false",
             "data.val_size=0",
@@ -75,29 +75,24 @@ def one_batch_dataset() -> ImageDataset:
     return dataclasses.replace(dataset, train=train)
 
 
-def training_step(
-    config: Config, dataset: ImageDataset, generation: int, cpu_bf16: bool = False
-) -> Step:
-    """One optimiser step of the engine (an epoch of one batch), results on the CPU.
-    ``cpu_bf16`` runs it under CPU bf16 autocast (kdgen itself autocasts on CUDA only)."""
+def training_step(config: Config, dataset: ImageDataset, generation: int) -> Step:
+    """One optimiser step of the engine (an epoch of one batch), results on the CPU."""
     device = torch.device(config.device)
     loader = prepare_data(config, device, dataset).train_loader
     batch = next(iter(loader))[0].float().cpu()
     model = build_model(config, dataset, generation, device)
     teacher = freeze(build_model(config, dataset, 0, device)) if generation else None
     before = {name: p.detach().float().cpu().clone() for name, p in model.named_parameters()}
-    precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16)
-    with precision:
-        result = train_generation(
-            model,
-            loader,
-            {},
-            config.schedule,
-            make_loss(config, generation),
-            teacher=teacher,
-            generation=generation,
-            amp=config.amp,
-        )
+    result = train_generation(
+        model,
+        loader,
+        {},
+        config.schedule,
+        make_loss(config, generation),
+        teacher=teacher,
+        generation=generation,
+        precision=config.precision,
+    )
     grads, updates = {}, {}
     for name, parameter in model.named_parameters():
         grads[name] = parameter.grad.detach().float().cpu()
@@ -169,7 +164,7 @@ def disable_tf32() -> None:
 def count_syncs(model: str, batches: int = 10) -> int:
     """Host-device synchronisations in one training epoch of ``batches`` batches."""
     cuda = torch.device("cuda")
-    config = make_config(model, cuda, lam=0.6, amp=True)
+    config = make_config(model, cuda, lam=0.6, precision="bf16")
     dataset = load_dataset("synthetic", train_per_class=-(-batches * BATCH // 100))
     dataset = dataclasses.replace(
         dataset, train=dataset.train.subset(torch.arange(batches * BATCH))
@@ -178,14 +173,30 @@ def count_syncs(model: str, batches: int = 10) -> int:
     student = build_model(config, dataset, 1, cuda)
     teacher = freeze(build_model(config, dataset, 0, cuda))
     loss_fn = make_loss(config, 1)
-    train_generation(student, loader, {}, config.schedule, loss_fn, teacher=teacher, generation=1)
+    train_generation(
+        student,
+        loader,
+        {},
+        config.schedule,
+        loss_fn,
+        teacher=teacher,
+        generation=1,
+        precision="bf16",
+    )
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             train_generation(
-                student, loader, {}, config.schedule, loss_fn, teacher=teacher, generation=1
+                student,
+                loader,
+                {},
+                config.schedule,
+                loss_fn,
+                teacher=teacher,
+                generation=1,
+                precision="bf16",
             )
         finally:
             torch.cuda.set_sync_debug_mode("default")
@@ -211,16 +222,12 @@ def main() -> None:
     results = []
     for model in args.models.split(","):
         for generation, lam, loss_name in ((0, 0.0, "CE"), (1, 0.6, "KD lam=0.6")):
-            cpu_config = make_config(model, cpu, lam, amp=False)
-            ref = training_step(cpu_config, dataset, generation)
-            calibration = training_step(cpu_config, dataset, generation, cpu_bf16=True)
+            ref = training_step(make_config(model, cpu, lam, "fp32"), dataset, generation)
+            calibration = training_step(make_config(model, cpu, lam, "bf16"), dataset, generation)
             bf16_tolerance = calibrated_tolerance(calibration, ref)
             compare(f"{model} {loss_name} cpu bf16 (calibration)", calibration, ref, bf16_tolerance)
-            for precision, amp, tolerance in (
-                ("fp32", False, FP32_TOLERANCE),
-                ("bf16", True, bf16_tolerance),
-            ):
-                test = training_step(make_config(model, cuda, lam, amp), dataset, generation)
+            for precision, tolerance in (("fp32", FP32_TOLERANCE), ("bf16", bf16_tolerance)):
+                test = training_step(make_config(model, cuda, lam, precision), dataset, generation)
                 label = f"{model} {loss_name} cuda {precision} vs cpu fp32"
                 results.append(compare(label, test, ref, tolerance))
     count_syncs(args.models.split(",")[0])

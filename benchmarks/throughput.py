@@ -48,12 +48,13 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from kdgen.config import Config, build_config
+from kdgen.config import Config, build_config, precision_setting
 from kdgen.data import ImageDataset, ImageSplit, load_dataset
 from kdgen.data.tensors import DeviceLoader
-from kdgen.engine import autocast, freeze, make_optimizer, predict, train_generation
+from kdgen.engine import freeze, make_optimizer, predict, train_generation
 from kdgen.generations import build_model, make_loss, prepare_data
 from kdgen.models import create_model
+from kdgen.precision import autocast, resolve_precision
 
 MODES = (
     "reference",
@@ -105,6 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="kdgen's precision (auto: bf16 where the device computes it natively)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="kdgen's memory layout (auto: kdgen's rule for the device)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile kdgen's models")
     parser.add_argument(
@@ -215,8 +228,15 @@ def kdgen_config(args: argparse.Namespace, device: torch.device, lam: float) -> 
             "schedule.epochs=1",
             "schedule.scheduler=constant",
             "schedule.milestones=[]",
+            f"precision={args.precision}",
+            f"channels_last={'null' if args.channels_last == 'auto' else args.channels_last}",
         ],
     )
+
+
+def precision_of(config: Config, device: torch.device) -> str:
+    """The precision kdgen trains ``config`` in on ``device``: "fp32" or "bf16"."""
+    return resolve_precision(precision_setting(config), device)
 
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
@@ -268,7 +288,7 @@ def bare_mode(config: Config, loader: DeviceLoader, model: nn.Module) -> Mode:
     def run() -> int:
         model.train()
         for images, targets in loader:
-            with autocast(loader.device, config.amp):
+            with autocast(loader.device, precision_of(config, loader.device)):
                 loss = loss_fn(model(images), targets, None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -297,7 +317,7 @@ def engine_mode(
             loss_fn,
             teacher=teacher,
             generation=generation,
-            amp=config.amp,
+            precision=precision_of(config, loader.device),
         )
         return len(loader) * loader.batch_size
 
@@ -308,7 +328,7 @@ def teacher_forward_mode(config: Config, loader: DeviceLoader, teacher: nn.Modul
     batches = [images for images, _ in loader]
 
     def run() -> int:
-        with torch.inference_mode(), autocast(loader.device, config.amp):
+        with torch.inference_mode(), autocast(loader.device, precision_of(config, loader.device)):
             for images in batches:
                 teacher(images)
         return sum(images.shape[0] for images in batches)
@@ -318,7 +338,7 @@ def teacher_forward_mode(config: Config, loader: DeviceLoader, teacher: nn.Modul
 
 def eval_mode(config: Config, loader: DeviceLoader, model: nn.Module) -> Mode:
     def run() -> int:
-        logits, _ = predict(model, loader, config.amp)
+        logits, _ = predict(model, loader, precision_of(config, loader.device))
         return logits.shape[0]
 
     return Mode("kdgen-eval", run)

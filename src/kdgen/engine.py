@@ -10,7 +10,6 @@ shard of the evaluation logits, so every rank sees the metrics of the whole spli
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -28,6 +27,7 @@ from kdgen.data.tensors import DeviceLoader
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.errors import NumericalError
 from kdgen.metrics import classification_metrics
+from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -71,13 +71,6 @@ def freeze(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; a no-op elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def make_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.SGD:
     """SGD with momentum, optional Nesterov, and weight decay on weights only (not BN/bias)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
@@ -114,9 +107,10 @@ def make_scheduler(
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, loader: DeviceLoader, amp: bool = True, dist: Distributed = SINGLE
+    model: nn.Module, loader: DeviceLoader, precision: str = "fp32", dist: Distributed = SINGLE
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, on the device) and labels of a whole split, in eval mode.
+    """Logits (float32, on the device) and labels of a whole split, in eval mode, computed
+    in ``precision`` ("fp32", or "bf16" autocast).
 
     With several ranks each one predicts its shard of the split and the shards are
     gathered, in the single-process order, on every rank.
@@ -124,7 +118,7 @@ def predict(
     was_training = model.training
     model.eval()
     outputs, labels = [], []
-    with autocast(loader.device, amp):
+    with autocast(loader.device, precision):
         for images, targets in loader:
             outputs.append(model(images).float())
             labels.append(targets)
@@ -142,11 +136,11 @@ def evaluate(
     model: nn.Module,
     loader: DeviceLoader,
     settings: EvalSettings,
-    amp: bool = True,
+    precision: str = "fp32",
     dist: Distributed = SINGLE,
 ) -> tuple[dict[str, float | None], torch.Tensor, torch.Tensor]:
     """Metrics, logits and labels of one split (the whole split, on every rank)."""
-    logits, labels = predict(model, loader, amp, dist)
+    logits, labels = predict(model, loader, precision, dist)
     metrics = classification_metrics(
         logits, labels, settings.coarse_of_fine, settings.k, settings.distance
     )
@@ -158,8 +152,8 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
         return None
     with torch.inference_mode():
         logits = teacher(images)
-    # Inference tensors cannot take part in autograd; a clone outside the mode can.
-    return logits.clone()
+    # Inference tensors cannot take part in autograd; a float32 copy outside the mode can.
+    return logits.to(torch.float32, copy=True)
 
 
 @dataclass
@@ -256,7 +250,7 @@ def _train_epoch(
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    amp: bool,
+    precision: str,
     dist: Distributed = SINGLE,
     progress: EpochProgress | None = None,
     stop_requested: Callable[[], bool] = _never,
@@ -265,7 +259,8 @@ def _train_epoch(
     """One pass over the training split, from ``progress.step`` on. Sums stay on the
     device: one host sync per epoch (with several ranks, after summing the totals over
     them). Returns None, with ``progress`` updated, when ``stop_requested()`` turns true
-    before the epoch's last step."""
+    before the epoch's last step. The forward passes run in ``precision``; the loss is
+    computed in float32 from float32 logits."""
     model.train()
     device = loader.device
     progress = progress or EpochProgress()
@@ -277,10 +272,10 @@ def _train_epoch(
     for step, (images, targets) in enumerate(loader):
         if step < progress.step:
             continue  # trained on before the interruption; drawn to advance the generator
-        with autocast(device, amp):
-            logits = model(images)
+        with autocast(device, precision):
+            logits = model(images).float()
             teacher_logits = _teacher_logits(teacher, images)
-            loss = loss_fn(logits, targets, teacher_logits)
+        loss = loss_fn(logits, targets, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         guard.after_backward(model, loss)
@@ -306,13 +301,13 @@ def _evaluate_all(
     model: nn.Module,
     eval_loaders: Mapping[str, DeviceLoader],
     evaluation: EvalSettings,
-    amp: bool,
+    precision: str,
     log: Callable[[str, dict[str, Any]], None],
     dist: Distributed = SINGLE,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, torch.Tensor]]:
     metrics_by_split, outputs = {}, {}
     for split, loader in eval_loaders.items():
-        metrics, logits, labels = evaluate(model, loader, evaluation, amp, dist)
+        metrics, logits, labels = evaluate(model, loader, evaluation, precision, dist)
         log(split, metrics)
         metrics_by_split[split], outputs[split] = metrics, (logits, labels)
     return metrics_by_split, outputs
@@ -359,7 +354,7 @@ def train_generation(
     teacher: nn.Module | None = None,
     generation: int = 0,
     evaluation: EvalSettings | None = None,
-    amp: bool = True,
+    precision: str = "fp32",
     hooks: Hooks | None = None,
     resume_state: dict[str, Any] | None = None,
     progress: bool = False,
@@ -371,6 +366,10 @@ def train_generation(
     compile_model: bool = False,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
+
+    Forward passes (the student's, the teacher's, evaluation) run in ``precision``: "fp32",
+    or "bf16" autocast (see :mod:`kdgen.precision`); weights, optimiser state and the loss
+    stay float32. A ``teacher`` of None runs no teacher forward: the loss gets None.
 
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
@@ -446,7 +445,7 @@ def train_generation(
             loss_fn,
             optimizer,
             scheduler,
-            amp,
+            precision,
             dist,
             partial,
             stop,
@@ -464,7 +463,7 @@ def train_generation(
         postfix = {"loss": f"{train_metrics['loss']:.3f}", "acc": f"{train_metrics['top1']:.3f}"}
         if epoch % evaluation.every == 0 or epoch == schedule.epochs:
             result.final, result.outputs = _evaluate_all(
-                model, eval_loaders, evaluation, amp, log, dist
+                model, eval_loaders, evaluation, precision, log, dist
             )
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
         bar.update(1)
@@ -477,7 +476,7 @@ def train_generation(
     if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
         model.eval()
         result.final, result.outputs = _evaluate_all(
-            model, eval_loaders, evaluation, amp, lambda split, metrics: None, dist
+            model, eval_loaders, evaluation, precision, lambda split, metrics: None, dist
         )
     result.final["train"] = train_metrics
     return result

@@ -16,6 +16,7 @@ from kdgen.generations import (
     load_data,
     prepare_data,
     resolve_device,
+    run_numerics,
     summary_header,
 )
 from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint
@@ -59,19 +60,20 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
         raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
     config = build_config(str(folder.config_path))
     torch_device = resolve_device(device)
+    numerics = run_numerics(config, torch_device, folder.read_state())
     dataset = load_data(config)
-    data = prepare_data(config, torch_device, dataset)
+    data = prepare_data(config, torch_device, dataset, channels_last=numerics.channels_last)
     if split not in data.eval_loaders:
         raise RunDirError(
             f"split '{split}' is not evaluated in this run; use one of "
             f"{', '.join(data.eval_loaders)}"
         )
     settings = evaluation_settings(config, dataset)
-    summary = summary_header(config, dataset, config_hash(config))
+    summary = summary_header(config, dataset, config_hash(config), numerics)
     generation = 0
     while folder.generation_checkpoint(generation).exists():
         model = _load_model(folder, config, dataset, generation, torch_device)
-        metrics = evaluate(model, data.eval_loaders[split], settings, config.amp)[0]
+        metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]
         summary["generations"].append({"generation": generation, split: metrics})
         generation += 1
     if generation == 0:

@@ -30,9 +30,9 @@ from kdgen.config import (
     config_diff,
     config_hash,
     effective_lr,
+    precision_setting,
     schedule_for,
     to_yaml,
-    use_channels_last,
 )
 from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
 from kdgen.data.hierarchy import Hierarchy
@@ -43,6 +43,7 @@ from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_ge
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
+from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
 from kdgen.preemption import TrainingStopped
 from kdgen.runs import RunFolder, load_checkpoint, unique_folder
 from kdgen.seeding import derive_seed
@@ -124,9 +125,11 @@ def prepare_data(
     device: torch.device,
     dataset: DataSource | None = None,
     dist: Distributed = SINGLE,
+    channels_last: bool | None = None,
 ) -> PreparedData:
     """Loaders for one run. The training subset and the validation split depend on the
-    seed alone, so every process run with one seed sees the same data.
+    seed alone, so every process run with one seed sees the same data. Batches come in
+    channels_last layout if ``channels_last`` (by default: as ``config`` says).
 
     ``data.batch_size`` is the global batch: with several ranks each loader yields this
     rank's slice of it (``shard=dist.shard``), and the evaluation batch is shared alike.
@@ -135,7 +138,8 @@ def prepare_data(
     data = config.data
     batch_size = dist.local_batch(data.batch_size)
     eval_batch_size = -(-data.eval_batch_size // dist.world_size)
-    channels_last = use_channels_last(config, device.type)
+    if channels_last is None:
+        channels_last = resolve_channels_last(config.channels_last, device)
     if isinstance(dataset, FolderData):
         if data.train_subset is not None:
             raise ConfigError("data.train_subset is not supported for imagefolder data")
@@ -183,13 +187,21 @@ def prepare_data(
 
 
 def build_model(
-    config: Config, dataset: ImageDataset, generation: int, device: torch.device
+    config: Config,
+    dataset: ImageDataset,
+    generation: int,
+    device: torch.device,
+    channels_last: bool | None = None,
 ) -> nn.Module:
-    """A freshly initialised model of one generation; its init depends on (seed, generation)."""
+    """A freshly initialised model of one generation; its init depends on (seed, generation).
+    Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
+    says)."""
     torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
     model = create_model(config.model, dataset.num_classes, dataset.in_channels)
     model = model.to(device)
-    if use_channels_last(config, device.type):
+    if channels_last is None:
+        channels_last = resolve_channels_last(config.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -217,6 +229,12 @@ def loss_settings(config: Config, generation: int) -> dict[str, Any]:
     return settings
 
 
+def uses_teacher(config: Config, generation: int) -> bool:
+    """Whether a term of this generation's loss reads the teacher's logits: a student's
+    KD term, weighted lam. With lam = 0 no teacher is frozen and none runs forward."""
+    return generation > 0 and config.lam > 0
+
+
 def make_loss(config: Config, generation: int) -> LossFn:
     """The loss of one generation: the teacher loss for M_0, the student loss after it.
 
@@ -235,6 +253,11 @@ def make_loss(config: Config, generation: int) -> LossFn:
     if generation == 0:
         return lambda logits, targets, teacher_logits: tolerant(logits, targets)
     lam, tau = config.lam, config.temperature
+    if not is_tolerant(config, generation) and not uses_teacher(config, generation):
+        # (1 - 0) * CE: the teacher's logits are not computed (see uses_teacher).
+        return lambda logits, targets, teacher_logits: losses.teacher_loss(
+            logits, targets, eta=1.0, validate=False
+        )
     if not is_tolerant(config, generation):
         return lambda logits, targets, teacher_logits: losses.student_loss(
             logits, teacher_logits, targets, lam, tau, validate=False
@@ -324,7 +347,9 @@ def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distribute
     return RunFolder(path, writable=dist.is_main())
 
 
-def _load_patriarch(config: Config, dataset: ImageDataset, device: torch.device) -> nn.Module:
+def _load_patriarch(
+    config: Config, dataset: ImageDataset, device: torch.device, channels_last: bool
+) -> nn.Module:
     """M_0 from another run's checkpoint (``patriarch=PATH``), checked against this config."""
     path = Path(config.patriarch or "")
     if path.is_dir():
@@ -341,7 +366,7 @@ def _load_patriarch(config: Config, dataset: ImageDataset, device: torch.device)
         raise CheckpointError(
             f"patriarch {path} does not match this run: it has {found}, this run needs {expected}"
         )
-    model = build_model(config, dataset, 0, device)
+    model = build_model(config, dataset, 0, device, channels_last)
     model.load_state_dict(payload["model"])
     return model
 
@@ -442,7 +467,25 @@ def _resume_state(
     return state if state["generation"] == generation else None
 
 
-def summary_header(config: Config, dataset: ImageDataset, digest: str) -> dict[str, Any]:
+def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any]) -> Numerics:
+    """The precision and layout of a run: those its ``run.json`` recorded (``recorded``), so
+    that a resume computes as the run began, else chosen for ``device`` by the config.
+
+    A run from before the record trained as kdgen did then: bf16 autocast on CUDA only
+    (fp32 with amp=false), channels_last as configured or on CUDA only.
+    """
+    found = Numerics.from_record(recorded)
+    if found is not None:
+        return found
+    if recorded:
+        legacy = "bf16" if device.type == "cuda" and precision_setting(config) != "fp32" else "fp32"
+        return Numerics(legacy, resolve_channels_last(config.channels_last, device))
+    return choose_numerics(precision_setting(config), config.channels_last, device)
+
+
+def summary_header(
+    config: Config, dataset: ImageDataset, digest: str, numerics: Numerics | None = None
+) -> dict[str, Any]:
     return {
         "name": config.name,
         "process": config.process,
@@ -457,6 +500,7 @@ def summary_header(config: Config, dataset: ImageDataset, digest: str) -> dict[s
         "data": config.data.name,
         "num_classes": dataset.num_classes,
         "seed": config.seed,
+        **(numerics.record() if numerics else {}),
         "config_hash": digest,
         "generations": [],
     }
@@ -507,16 +551,19 @@ def train_generations(
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
     folder = _open_folder(config, resume, force_new, dist)
     digest = config_hash(config)
+    numerics = dist.run_on_main(
+        lambda: run_numerics(config, device, folder.read_state() if resume else {})
+    )
     dataset = dist.main_first(lambda: load_data(config))
     if config.k > dataset.num_classes:
         raise ConfigError(
             f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
         )
-    data = prepare_data(config, device, dataset, dist)
+    data = prepare_data(config, device, dataset, dist, numerics.channels_last)
     evaluation = evaluation_settings(config, dataset)
     summary = folder.read_summary() if resume else None
     if not summary or summary.get("config_hash") != digest:
-        summary = summary_header(config, dataset, digest)
+        summary = summary_header(config, dataset, digest, numerics)
     if not resume:
         folder.write_text(folder.config_path, to_yaml(config))
     if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
@@ -531,11 +578,14 @@ def train_generations(
         world_size=dist.world_size,
         global_batch_size=config.data.batch_size,
         lr_effective=lr_record(config),
+        **numerics.record(),
     )
     dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
     hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
     try:
-        _run_generations(config, folder, data, summary, digest, evaluation, hooks, device, dist)
+        _run_generations(
+            config, folder, data, summary, digest, evaluation, hooks, device, numerics, dist
+        )
     except TrainingStopped as stopped:
         stopped.run_dir = str(folder.path)
         folder.write_state("interrupted", reason=str(stopped))
@@ -561,21 +611,29 @@ def _run_generations(
     evaluation: EvalSettings,
     hooks: RunHooks,
     device: torch.device,
+    numerics: Numerics,
     dist: Distributed = SINGLE,
 ) -> None:
+    """Train (or load, if done) each generation; M_g is frozen as a teacher only when
+    M_{g+1}'s loss uses one (:func:`uses_teacher`)."""
     done = {entry["generation"] for entry in summary["generations"]}
+    channels_last = numerics.channels_last
     teacher: nn.Module | None = None
     for generation in range(config.generations + 1):
         if generation not in done and preemption.stop_requested():
             raise TrainingStopped(generation, 0, 0)  # between generations: nothing to save
-        model = build_model(config, data.dataset, generation, device)
+        teaches = generation < config.generations and uses_teacher(config, generation + 1)
         if generation in done and folder.generation_checkpoint(generation).exists():
-            _load_generation(folder, generation, digest, model)
-            teacher = freeze(model)
+            teacher = None
+            if teaches:
+                model = build_model(config, data.dataset, generation, device, channels_last)
+                _load_generation(folder, generation, digest, model)
+                teacher = freeze(model)
             continue
+        model = build_model(config, data.dataset, generation, device, channels_last)
         if generation == 0 and config.patriarch:
-            model = _load_patriarch(config, data.dataset, device)
-            final, outputs = _evaluate_splits(model, data, evaluation, config.amp, dist)
+            model = _load_patriarch(config, data.dataset, device, numerics.channels_last)
+            final, outputs = _evaluate_splits(model, data, evaluation, numerics.precision, dist)
             final["train"], epochs = _patriarch_training(config)
         else:
             resume_state = _resume_state(folder, generation, digest, config)
@@ -591,7 +649,7 @@ def _run_generations(
                 teacher=teacher,
                 generation=generation,
                 evaluation=evaluation,
-                amp=config.amp,
+                precision=numerics.precision,
                 hooks=hooks,
                 resume_state=resume_state,
                 progress=config.progress and dist.is_main(),
@@ -605,8 +663,8 @@ def _run_generations(
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
         folder.save_logits(generation, outputs)
         _save_generation(config, folder, data, summary, digest, generation, model, final, epochs)
-        teacher = freeze(model)
-        dist.check_identical(teacher, f"the teacher M_{generation}")
+        dist.check_identical(model, f"M_{generation}")
+        teacher = freeze(model) if teaches else None
         dist.barrier()  # rank 0's gen{g}.pt and logits are on disk for every rank
     if dist.is_main():
         summary["ensembles"] = _ensembles(folder, config.generations, evaluation)
@@ -620,11 +678,15 @@ def _scaled_schedule(config: Config, generation: int) -> ScheduleConfig:
 
 
 def _evaluate_splits(
-    model: nn.Module, data: PreparedData, evaluation: EvalSettings, amp: bool, dist: Distributed
+    model: nn.Module,
+    data: PreparedData,
+    evaluation: EvalSettings,
+    precision: str,
+    dist: Distributed,
 ) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """Metrics and (logits, labels) of every evaluation split."""
     evaluated = {
-        name: evaluate(model, loader, evaluation, amp, dist)
+        name: evaluate(model, loader, evaluation, precision, dist)
         for name, loader in data.eval_loaders.items()
     }
     final = {name: value[0] for name, value in evaluated.items()}

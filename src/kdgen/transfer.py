@@ -30,12 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdgen.config import Config, build_config, use_channels_last
+from kdgen.config import Config, build_config
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
 from kdgen.errors import ConfigError, DataError, RunDirError
 from kdgen.evaluation import _load_model
 from kdgen.generations import load_data, resolve_device
+from kdgen.precision import resolve_channels_last
 from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.seeding import derive_seed
 
@@ -344,7 +345,9 @@ def transfer_run(
     torch_device = resolve_device(device)
     size = source.image_size
     size = (size, size) if isinstance(size, int) else size
-    adapter = InputAdapter(source.in_channels, size, use_channels_last(config, torch_device.type))
+    adapter = InputAdapter(
+        source.in_channels, size, resolve_channels_last(config.channels_last, torch_device)
+    )
     adaptation = adapter.describe(target.in_channels, target.image_size)
     train = _subset(target.train, train_subset, derive_seed(seed, _TRAIN_SALT))
     test = _subset(target.test, test_subset, derive_seed(seed, _TEST_SALT))

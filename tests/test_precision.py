@@ -1,0 +1,138 @@
+"""Precision and layout: the rules, the config, the record in the run folder, resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from kdgen import generations
+from kdgen.config import Config, build_config, config_hash, precision_setting
+from kdgen.errors import ConfigError
+from kdgen.generations import train_generations, uses_teacher
+from kdgen.precision import Numerics, choose_numerics, native_bf16, resolve_precision
+from kdgen.runs import RunFolder
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "native"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, True),
+        ({"avx512_bf16": False, "amx_bf16": True}, True),
+        ({"avx512_bf16": False, "amx_bf16": False, "avx512_f": True}, False),
+        ({}, False),
+    ],
+)
+def test_auto_precision_follows_the_cpus_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, capabilities: dict[str, bool], native: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert native_bf16(CPU) is native
+    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_mps_and_cpu_default_to_the_contiguous_layout() -> None:
+    assert choose_numerics("fp32", None, CPU) == Numerics("fp32", False)
+    assert choose_numerics("bf16", True, CPU) == Numerics("bf16", True)
+    assert not native_bf16(torch.device("mps"))
+
+
+def test_numerics_record_round_trips() -> None:
+    for numerics in (Numerics("bf16", True), Numerics("fp32", False)):
+        assert Numerics.from_record(numerics.record()) == numerics
+    assert Numerics.from_record({"status": "running"}) is None
+
+
+def test_precision_config_and_the_older_amp_key() -> None:
+    assert build_config("smoke").precision == "auto"
+    assert precision_setting(build_config("smoke", ["precision=bf16"])) == "bf16"
+    assert precision_setting(build_config("smoke", ["amp=false"])) == "fp32"
+    assert precision_setting(build_config("smoke", ["amp=true"])) == "auto"
+    with pytest.raises(ConfigError, match="precision='fp16' must be one of auto, fp32, bf16"):
+        build_config("smoke", ["precision=fp16"])
+    with pytest.raises(ConfigError, match="amp=false"):
+        build_config("smoke", ["amp=false", "precision=bf16"])
+
+
+def test_older_configs_keep_their_hash() -> None:
+    """A config.yaml written before ``precision`` (``amp: true``, no precision) hashes as
+    it did then, so its run folder stays resumable: the hash of this preset with amp=true
+    was computed by the code before precision existed."""
+    assert config_hash(build_config("smoke", ["amp=true"])) == "cbf70b7c73eacd2e"
+    assert config_hash(build_config("smoke", ["amp=true", "precision=bf16"])) != (
+        "cbf70b7c73eacd2e"
+    )
+
+
+def test_teacher_use_follows_lam() -> None:
+    config = build_config("smoke", ["generations=2", "lam=0"])
+    assert not any(uses_teacher(config, g) for g in range(3))
+    config = build_config("smoke", ["generations=2", "lam=0.6"])
+    assert [uses_teacher(config, g) for g in range(3)] == [False, True, True]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6])
+def test_no_teacher_is_frozen_or_run_when_lam_is_zero(
+    fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, lam: float
+) -> None:
+    frozen: list[int] = []
+    teachers: list[bool] = []
+    real_freeze, real_train = generations.freeze, generations.train_generation
+
+    def counting_freeze(model):  # type: ignore[no-untyped-def]
+        frozen.append(1)
+        return real_freeze(model)
+
+    def spy(*args, teacher=None, **kwargs):  # type: ignore[no-untyped-def]
+        teachers.append(teacher is not None)
+        return real_train(*args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(generations, "freeze", counting_freeze)
+    monkeypatch.setattr(generations, "train_generation", spy)
+    train_generations(fast_config("generations=2", f"lam={lam}", "schedule.epochs=1"))
+    assert teachers == [False, lam > 0, lam > 0]
+    assert len(frozen) == (2 if lam > 0 else 0)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_override_is_used_and_recorded(
+    fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    used: list[str] = []
+    real_train = generations.train_generation
+
+    def spy(*args, precision="fp32", **kwargs):  # type: ignore[no-untyped-def]
+        used.append(precision)
+        return real_train(*args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(generations, "train_generation", spy)
+    result = train_generations(fast_config(f"precision={precision}", "schedule.epochs=1"))
+    assert used == [precision, precision]
+    state = RunFolder(result.path).read_state()
+    assert (state["precision"], state["layout"]) == (precision, "contiguous")
+    summary = json.loads((result.path / "summary.json").read_text())
+    assert (summary["precision"], summary["layout"]) == (precision, "contiguous")
+
+
+def test_resume_reuses_the_recorded_numerics(
+    fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume computes as the run began, whatever ``auto`` resolves to now; a run folder
+    from before the record (run.json without it) resumes as kdgen then ran: fp32 on CPU."""
+    config = fast_config("generations=1", "schedule.epochs=1")
+    first = train_generations(config)
+    folder = RunFolder(first.path)
+    for recorded, expected in (
+        ({"precision": "bf16", "layout": "channels_last"}, Numerics("bf16", True)),
+        ({"precision": None, "layout": None}, Numerics("fp32", False)),
+    ):
+        state = {**folder.read_state(), **recorded}
+        assert generations.run_numerics(config, CPU, state) == expected
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    assert generations.run_numerics(config, CPU, {}) == Numerics("bf16", False)
