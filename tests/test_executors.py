@@ -37,6 +37,24 @@ def _summaries(out: Path) -> dict[str, dict[str, object]]:
     return summaries
 
 
+def _wait_until_gone(out: Path) -> None:
+    """Wait for the SIGKILLed trainings to vanish (the kill is delivered asynchronously)."""
+    for resources in out.glob("*/seed*/resources.json"):
+        pid = json.loads(resources.read_text())["pid"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _exists(pid):
+            time.sleep(0.05)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted 2-job sweep: a strict patriarch and a run that shares it."""
@@ -93,7 +111,7 @@ def test_the_executor_skips_finished_runs(reference: Path) -> None:
 
 
 def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
-    reference: Path, tmp_path: Path
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "kdgen", *_sweep_argv(out)]
@@ -106,7 +124,17 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
         time.sleep(0.01)
     os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and every training it started
     sweep.wait()
+    _wait_until_gone(out)
     assert run_status(out / "D1.0-0.0" / "seed0") == "running"  # killed mid-training
+    assert main(["status", str(out)]) == 0
+    header, patriarch, born_again = capsys.readouterr().out.strip().splitlines()
+    assert header.split() == ["process", "seed", "state", "generation", "epoch", "test", "top-1"]
+    assert patriarch.split()[:3] == ["D(1.0,0.0)", "0", "interrupted"]  # its pid is gone
+    assert born_again.split()[2] in ("waiting", "interrupted")
+
     assert main(_sweep_argv(out)) == 0
     assert _summaries(out) == _summaries(reference)
     assert len(_summaries(out)) == 2
+    assert main(["status", str(out)]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert [row.split()[2:5] for row in rows] == [["finished", "1", "2"]] * 2

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdgen.errors import KdgenError, RunDirError
 from kdgen.preemption import TrainingStopped
@@ -144,7 +144,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(format_commands(preset, runs))
         return 0
     settings = _executor_settings(args, saved)
-    executor = _make_executor(settings, out)
+    executor = _make_executor(settings)
     write_plan(out, preset, runs, settings)
     outcomes = executor.execute(preset, runs)
     print()
@@ -162,25 +162,47 @@ def _default_sweep_folder(preset: str) -> Path:
     return Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(preset).stem}"
 
 
-def _executor_settings(args: argparse.Namespace, saved: dict[str, object]) -> dict[str, object]:
+SLURM_SETTINGS = ("partition", "gpus_per_job", "cpus_per_job", "mem", "time", "slurm_opt")
+
+
+def _executor_settings(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
     """How to execute the sweep: the options given, else those saved in sweep.json."""
-    names = ("executor", "jobs", "share_gpus")
+    names = ("executor", "jobs", "share_gpus", *SLURM_SETTINGS)
     settings = {name: saved.get(name) for name in names}
     settings.update({name: getattr(args, name) for name in names if getattr(args, name)})
     settings["executor"] = settings["executor"] or "local"
     settings["jobs"] = settings["jobs"] or 1
     settings["share_gpus"] = bool(settings["share_gpus"])
-    return settings
+    return {key: value for key, value in settings.items() if value is not None}
 
 
-def _make_executor(settings: dict[str, object], out: Path) -> Executor:
-    from kdgen.executors import LocalExecutor, visible_gpus
+def _make_executor(settings: dict[str, Any]) -> Executor:
+    from kdgen.executors import LocalExecutor, SlurmExecutor, SlurmSettings, visible_gpus
 
+    if settings["executor"] == "slurm":
+        return SlurmExecutor(
+            SlurmSettings(
+                partition=settings.get("partition"),
+                gpus_per_job=int(settings.get("gpus_per_job", 0)),
+                cpus_per_job=int(settings.get("cpus_per_job", 1)),
+                mem=settings.get("mem"),
+                time=str(settings.get("time", SlurmSettings.time)),
+                options=_slurm_options(settings.get("slurm_opt", [])),
+            )
+        )
     return LocalExecutor(
-        jobs=int(str(settings["jobs"])),
-        gpus=visible_gpus(),
-        share_gpus=bool(settings["share_gpus"]),
+        jobs=int(settings["jobs"]), gpus=visible_gpus(), share_gpus=settings["share_gpus"]
     )
+
+
+def _slurm_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not key or not equals:
+            raise KdgenError(f"--slurm-opt {pair} must look like key=value, e.g. account=proj")
+        options[key.lstrip("-")] = value
+    return options
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -234,7 +256,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kdgen.runs import RunFolder
+    from kdgen.sweep import format_status, is_sweep_folder, sweep_status
 
+    if is_sweep_folder(Path(args.run_dir)):
+        print(format_status(sweep_status(Path(args.run_dir))))
+        return 0
     folder = RunFolder(args.run_dir)
     if not folder.state_path.exists():
         raise KdgenError(f"{args.run_dir} holds no run (no run.json)")
@@ -315,6 +341,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="local: allow more jobs than visible GPUs (round robin over them)",
     )
+    slurm = sweep.add_argument_group("Slurm (--executor slurm): the resources of each job")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--gpus-per-job", type=int, metavar="N")
+    slurm.add_argument("--cpus-per-job", type=int, metavar="N", help="also its torch threads")
+    slurm.add_argument("--mem", help="memory per job, e.g. 32G")
+    slurm.add_argument("--time", help="time limit per job: minutes, HH:MM:SS or D-HH:MM:SS")
+    slurm.add_argument(
+        "--slurm-opt",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. --slurm-opt account=proj (repeatable)",
+    )
     sweep.set_defaults(func=cmd_sweep)
 
     report = sub.add_parser("report", help="tables and figures from run or sweep folders")
@@ -346,8 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="list the model names").set_defaults(func=cmd_models)
-    status = sub.add_parser("status", help="print a run folder's state and progress")
-    status.add_argument("run_dir")
+    status = sub.add_parser(
+        "status", help="a run folder's state and progress, or a table of a sweep's runs"
+    )
+    status.add_argument("run_dir", help="a run folder or a sweep folder")
     status.set_defaults(func=cmd_status)
     for command_parser in sub.choices.values():
         command_parser.set_defaults(command_parser=command_parser)

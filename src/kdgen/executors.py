@@ -12,6 +12,8 @@ executor, threads and devices it was given).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,8 +29,6 @@ from kdgen.errors import ConfigError
 from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.sweep import SweepRun, last_test_top1, patriarch_ready, run_status
 
-LOG_FILE = "train.log"
-RESOURCES_FILE = "resources.json"
 EXIT_RUNS_FAILED = 1
 
 
@@ -44,7 +44,7 @@ class RunOutcome:
 
     @property
     def log(self) -> Path:
-        return Path(self.run.path) / LOG_FILE
+        return RunFolder(self.run.path).log_path
 
 
 class Executor(Protocol):
@@ -174,8 +174,8 @@ class LocalExecutor:
             running[run.path] = self._start(preset, run, slot)
 
     def _start(self, preset: str, run: SweepRun, slot: int) -> _Job:
-        path = Path(run.path)
-        path.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(run.path)
+        folder.path.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **_threads_env(self.threads)}
         resources: dict[str, Any] = {
             "executor": "local",
@@ -191,14 +191,14 @@ class LocalExecutor:
             resources["cuda_visible_devices"] = device
         argv = [sys.executable, "-m", "kdgen", *train_argv(preset, run)]
         resumed = "--resume" in argv
-        log = (path / LOG_FILE).open("ab")
+        log = folder.log_path.open("ab")
         log.write(f"\n$ {' '.join(argv)}\n".encode())
         log.flush()
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        atomic_write_json(path / RESOURCES_FILE, {**resources, "pid": process.pid})
+        atomic_write_json(folder.resources_path, {**resources, "pid": process.pid})
         where = f", GPU {resources['cuda_visible_devices']}" if self.gpus else ""
         verb = "resume" if resumed else "start"
-        self._say(f"[{verb}] {_name(run)} ({self.threads} threads{where}), log: {path / LOG_FILE}")
+        self._say(f"[{verb}] {_name(run)} ({self.threads} threads{where}), log: {folder.log_path}")
         return _Job(run, process, slot, time.monotonic(), log)
 
     def _reap(self, running: dict[str, _Job], outcomes: dict[str, RunOutcome], total: int) -> None:
@@ -297,3 +297,175 @@ def exit_status(outcomes: list[RunOutcome]) -> int:
     if any(o.state == "interrupted" for o in outcomes):
         return 130
     return 0
+
+
+# --- Slurm ------------------------------------------------------------------------------
+SLURM_FOLDER = "slurm"
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "RESIZING")
+STOP_GRACE_SECONDS = 60
+
+
+def parse_minutes(text: str) -> int:
+    """Slurm's time formats as minutes: ``90``, ``1:30:00``, ``2-00:00:00``, ``2-12``."""
+    days, _, clock = text.rpartition("-") if "-" in text else ("0", "", text)
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        if "-" in text and len(parts) == 1:
+            hours, minutes, seconds = parts[0], 0, 0
+        elif len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        else:
+            hours, minutes, seconds = ([0] * (3 - len(parts)) + parts)[-3:]
+        total = int(days) * 1440 + hours * 60 + minutes + (seconds > 0)
+    except ValueError:
+        raise ConfigError(f"--time={text} must be minutes, HH:MM:SS or D-HH:MM:SS") from None
+    if total < 1:
+        raise ConfigError(f"--time={text} must be at least one minute")
+    return total
+
+
+@dataclass
+class SlurmSettings:
+    """The resources of every job; ``options`` go to sbatch as ``--key=value``."""
+
+    partition: str | None = None
+    gpus_per_job: int = 0
+    cpus_per_job: int = 1
+    mem: str | None = None
+    time: str = "24:00:00"
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class TrainJob:
+    """What one Slurm job runs: ``kdgen train`` for one run, in a child process whose
+    output goes to the run's ``train.log``. A submitit checkpointable: when Slurm warns of
+    preemption or the time limit, the training is asked to stop (it saves a resumable
+    state), and submitit requeues the job, which then resumes the run."""
+
+    def __init__(self, preset: str, run: SweepRun, threads: int) -> None:
+        self.preset, self.run, self.threads = preset, run, threads
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __call__(self) -> str:
+        folder = RunFolder(self.run.path)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        if run_status(folder.path) == "finished":
+            return "finished earlier"
+        argv = [sys.executable, "-m", "kdgen", *train_argv(self.preset, self.run)]
+        atomic_write_json(
+            folder.resources_path,
+            {
+                "executor": "slurm",
+                "job_id": os.environ.get("SLURM_JOB_ID"),
+                "threads": self.threads,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "host": socket.gethostname(),
+                "started": time.time(),
+            },
+        )
+        with folder.log_path.open("ab") as log:
+            log.write(f"\n$ {' '.join(argv)}\n".encode())
+            log.flush()
+            env = {**os.environ, **_threads_env(self.threads)}
+            self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            code = self._process.wait()
+        if code != 0:
+            raise RuntimeError(f"kdgen train exited with status {code}; see {folder.log_path}")
+        return "finished"
+
+    def checkpoint(self) -> Any:
+        """Stop the training gracefully, then resubmit this same job (it will resume)."""
+        import submitit
+
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_GRACE_SECONDS)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.preset, self.run, self.threads))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"preset": self.preset, "run": self.run, "threads": self.threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["preset"], state["run"], state["threads"])  # type: ignore[misc]
+
+
+@dataclass
+class SlurmExecutor:
+    """One Slurm job per run through submitit; a run that shares a patriarch depends on
+    its owner's job (``afterok``). Submission files and Slurm logs go to ``RUN/slurm/``.
+    A run whose earlier job is still queued or running is not submitted again."""
+
+    settings: SlurmSettings
+    print_fn: Any = print
+
+    def execute(self, preset: str, runs: list[SweepRun]) -> list[RunOutcome]:
+        job_ids: dict[str, str] = {}
+        outcomes = []
+        for run in runs:
+            if run_status(run.path) == "finished":
+                outcomes.append(RunOutcome(run, "skipped", top1=last_test_top1(run.path)))
+                self._say(f"[skip] {_name(run)}: finished earlier")
+                continue
+            queued = _active_job(RunFolder(run.path))
+            if queued is not None:
+                job_ids[run.path] = queued
+                outcomes.append(RunOutcome(run, "queued", detail=f"Slurm job {queued}"))
+                self._say(f"[queued] {_name(run)}: already Slurm job {queued}")
+                continue
+            owner = run.shares_patriarch_of
+            after = job_ids.get(owner) if owner and not patriarch_ready(owner) else None
+            job_ids[run.path] = self._submit(preset, run, after)
+            outcomes.append(RunOutcome(run, "submitted", detail=f"Slurm job {job_ids[run.path]}"))
+            needs = f", after job {after}" if after else ""
+            self._say(f"[submit] {_name(run)}: Slurm job {job_ids[run.path]}{needs}")
+        return outcomes
+
+    def _submit(self, preset: str, run: SweepRun, after: str | None) -> str:
+        import submitit
+
+        folder = RunFolder(run.path)
+        slurm = folder.path / SLURM_FOLDER
+        executor = submitit.SlurmExecutor(folder=slurm / "%j")
+        settings = self.settings
+        parameters: dict[str, Any] = {
+            "job_name": f"kdgen-{Path(run.path).parent.name}-seed{run.seed}",
+            "time": parse_minutes(settings.time),
+            "cpus_per_task": settings.cpus_per_job,
+            "stderr_to_stdout": True,
+            "additional_parameters": dict(settings.options),
+        }
+        if settings.partition:
+            parameters["partition"] = settings.partition
+        if settings.gpus_per_job:
+            parameters["gpus_per_node"] = settings.gpus_per_job
+        if settings.mem:
+            parameters["mem"] = settings.mem
+        if after is not None:
+            parameters["dependency"] = f"afterok:{after}"
+        executor.update_parameters(**parameters)
+        job = executor.submit(TrainJob(preset, run, max(1, settings.cpus_per_job)))
+        atomic_write_json(slurm / "job.json", {"job_id": job.job_id, "after": after})
+        return str(job.job_id)
+
+    def _say(self, line: str) -> None:
+        self.print_fn(line, flush=True)
+
+
+def _active_job(folder: RunFolder) -> str | None:
+    """The id of the run's last submitted Slurm job, if squeue still lists it as active."""
+    record = folder.path / SLURM_FOLDER / "job.json"
+    if not record.exists():
+        return None
+    job_id = str(json.loads(record.read_text())["job_id"])
+    try:
+        answer = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job_id, "--format", "%T"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return None
+    return job_id if answer.stdout.strip() in ACTIVE_SLURM_STATES else None

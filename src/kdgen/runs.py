@@ -12,6 +12,8 @@ Layout (timm-style, one folder per run)::
       checkpoints/last.pt  latest resumable state of the generation in progress
       logits/gen{g}.pt     generation g's validation and test logits (float16) and labels
       tb/                  TensorBoard scalars, when tensorboard is installed
+      train.log            the run's output, when a sweep executor started it
+      resources.json       what that executor gave it: threads, GPU, pid or Slurm job
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class RunFolder:
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.state_path = self.path / "run.json"
+        self.log_path = self.path / "train.log"
+        self.resources_path = self.path / "resources.json"
         self._tensorboard: Any = None
 
     def logits_path(self, generation: int) -> Path:
@@ -192,6 +196,9 @@ class RunFolder:
         if status in ("running", "finished") and "reason" not in fields:
             state.pop("reason", None)  # the reason of an earlier stop no longer holds
         atomic_write_json(self.state_path, state)
+
+    def read_resources(self) -> dict[str, Any]:
+        return self._read_json(self.resources_path) or {}
 
     # --- summary ------------------------------------------------------------------------
     def read_summary(self) -> dict[str, Any] | None:

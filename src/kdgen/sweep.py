@@ -202,3 +202,79 @@ def format_commands(preset: str, runs: list[SweepRun]) -> str:
         note = f"  # after {run.shares_patriarch_of}" if run.shares_patriarch_of else ""
         lines.append(run.command(preset) + note)
     return "\n".join(lines)
+
+
+STATUS_COLUMNS = ("process", "seed", "state", "generation", "epoch", "test top-1")
+
+
+def sweep_status(out: Path) -> list[dict[str, Any]]:
+    """One row per run of the sweep in ``out``: its state (waiting, running, interrupted,
+    finished, failed), the generation and epoch it reached and its last test top-1."""
+    _, runs, _ = read_plan(out)
+    return [_run_row(run) for run in runs]
+
+
+def _run_row(run: SweepRun) -> dict[str, Any]:
+    folder = RunFolder(run.path)
+    state = folder.read_state() if folder.state_path.exists() else {}
+    status = state.get("status") or "waiting"
+    if status == "running" and not _may_be_alive(folder):
+        status = "interrupted"  # killed without a chance to say so
+    tests = [r for r in folder.read_metrics() if r.get("split") == "test"]
+    return {
+        "process": run.label,
+        "seed": run.seed,
+        "state": status,
+        "generation": state.get("generation"),
+        "epoch": state.get("epoch"),
+        "test top-1": tests[-1].get("top1") if tests else None,
+    }
+
+
+def _may_be_alive(folder: RunFolder) -> bool:
+    """False only when the local process that trains the run is known to be gone."""
+    import os
+    import socket
+
+    try:
+        resources = folder.read_resources()
+    except RunDirError:
+        return True
+    pid = resources.get("pid")
+    if resources.get("executor") != "local" or resources.get("host") != socket.gethostname():
+        return True
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process whose parent died too may linger unreaped (Linux: state Z)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`sweep_status` rows."""
+    cells = [
+        [
+            "-" if row[c] is None else f"{row[c]:.4f}" if c == "test top-1" else str(row[c])
+            for c in STATUS_COLUMNS
+        ]
+        for row in rows
+    ]
+    table = [list(STATUS_COLUMNS), *cells]
+    widths = [max(len(line[i]) for line in table) for i in range(len(STATUS_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    )
