@@ -1,4 +1,4 @@
-"""Tests of the transfer linear probe (METHOD.md, "Transfer feature extraction")."""
+"""Tests of the transfer linear probe (docs/method.md, "Transfer feature extraction")."""
 
 from __future__ import annotations
 

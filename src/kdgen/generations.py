@@ -1,4 +1,4 @@
-"""Training in generations: the patriarch M_0, then students M_1 ... M_G (METHOD.md).
+"""Training in generations: the patriarch M_0, then students M_1 ... M_G (docs/method.md).
 
 Every generation has the same architecture and starts from fresh weights. M_g (g >= 1)
 learns from the ground truth and from M_{g-1}, which is a frozen deep copy: eval mode,
@@ -240,7 +240,7 @@ def make_loss(config: Config, generation: int) -> LossFn:
 
     A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
     with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
-    (our definition; METHOD.md leaves the combination open).
+    (our definition, docs/method.md "Where the regulariser applies").
     """
     tolerant = functools.partial(
         losses.teacher_loss,
@@ -717,7 +717,7 @@ def _save_generation(
 
 
 def ensemble_members(last_generation: int) -> dict[str, list[int]]:
-    """The ensembles of METHOD.md: all generations, and the last k for k = 2 and 3."""
+    """The ensembles of docs/method.md: all generations, and the last k for k = 2 and 3."""
     everyone = list(range(last_generation + 1))
     members = {"all": everyone}
     for k in (2, 3):

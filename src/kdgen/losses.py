@@ -1,7 +1,7 @@
 """Losses of training in generations: tolerance regularisers, teacher loss, student loss.
 
 Every function here is pure, takes logits of shape ``(N, C)`` and returns the batch mean as a
-0-dim float32 tensor. Equations and section names refer to ``METHOD.md``.
+0-dim float32 tensor. Equations and section names refer to ``docs/method.md``.
 
 Numerics: logits are cast to float32 before any softmax / log-softmax, so the losses are safe
 to call under bf16/fp16 autocast.
@@ -102,7 +102,7 @@ def check_targets(targets: Tensor, num_rows: int, num_classes: int, *, values: b
 
 
 def _ce(logits: Tensor, targets: Tensor, validate: bool) -> Tensor:
-    """Mean cross-entropy CE(p, y) = -log p_y (METHOD.md, Notation), in float32."""
+    """Mean CE(p, y) = -log p_y in float32 (docs/method.md, "Problem and notation")."""
     check_targets(targets, logits.shape[0], logits.shape[1], values=validate)
     return F.cross_entropy(logits.float(), targets.long())
 
@@ -114,7 +114,7 @@ Regularizer = Callable[[Tensor, int], Tensor]
 
 
 def tsd(logits: Tensor, k: int = 5) -> Tensor:
-    """Top-score difference, METHOD.md "Teacher (patriarch) loss", the paper's Eq. 3.
+    """Top-score difference, docs/method.md "Tolerance regularisers", the paper's Eq. 3.
 
     R = p_(1) - 1/(K-1) * sum_{k=2..K} p_(k), where p_(1) >= p_(2) >= ... are the softmax
     probabilities sorted in descending order. Lies in [-1, 1]. Requires 2 <= k <= C.
@@ -126,7 +126,7 @@ def tsd(logits: Tensor, k: int = 5) -> Tensor:
 
 
 def label_smoothing_reg(logits: Tensor, k: int = 5) -> Tensor:
-    """Label-smoothing regulariser (LSR), METHOD.md "Teacher (patriarch) loss".
+    """Label-smoothing regulariser (LSR), docs/method.md "Tolerance regularisers".
 
     R = KL(u || p) = sum_c u_c (log u_c - log p_c) = -log C - mean_c log p_c, with u uniform
     over the C classes. Always >= 0. ``k`` is unused (common regulariser signature).
@@ -138,7 +138,7 @@ def label_smoothing_reg(logits: Tensor, k: int = 5) -> Tensor:
 
 
 def confidence_penalty_reg(logits: Tensor, k: int = 5) -> Tensor:
-    """Confidence-penalty regulariser (CP), METHOD.md "Teacher (patriarch) loss".
+    """Confidence-penalty regulariser (CP), docs/method.md "Tolerance regularisers".
 
     R = -H(p) = sum_c p_c log p_c, in [-log C, 0]. ``log p`` is clamped to the most negative
     finite float so that 0 * log 0 = 0 (and its gradient stays finite) for extreme logits.
@@ -194,7 +194,7 @@ def teacher_loss(
     *,
     validate: bool = True,
 ) -> Tensor:
-    """Tolerant-teacher (patriarch) loss, METHOD.md "Teacher (patriarch) loss".
+    """Tolerant-teacher (patriarch) loss, docs/method.md "Teacher loss".
 
     ``form="convex"``:     L = eta * CE(p, y) + (1 - eta) * R(p), eta in [0, 1].
     ``form="normalized"``: L = CE(p, y) + u(eta) * R(p), u(eta) = (1 - eta) / eta, eta in (0, 1]
@@ -226,7 +226,7 @@ def student_loss(
     *,
     validate: bool = True,
 ) -> Tensor:
-    """Student loss, METHOD.md "Student loss (Eq. 2)".
+    """Student loss, docs/method.md "Student loss" (the paper's Eq. 2).
 
     L = (1 - lam) * CE(p_S, y) + lam * tau^2 * KL(p_T^tau || p_S^tau), p^tau = softmax(z / tau),
     KL averaged over the batch ('batchmean'). The teacher logits are detached: no gradient

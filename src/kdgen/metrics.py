@@ -1,7 +1,7 @@
 """Evaluation metrics computed from a model's logits: accuracy, calibration-free summaries
 of the output distribution, and the secondary-information distances Dist^C and Dist^S.
 
-Dist^C and Dist^S are the project's own definitions (METHOD.md, "Measuring secondary
+Dist^C and Dist^S are the project's own definitions (docs/method.md, "Measuring secondary
 information"): for each image, S is the set of the K-1 highest-scoring classes other than
 the ground truth.
 - Dist^C: the fraction of S outside the ground truth's coarse class, averaged over images.
@@ -71,7 +71,7 @@ def classification_metrics(
     k: int = 5,
     distance: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
-    """All per-split metrics of METHOD.md from (N, C) logits; accuracies are fractions.
+    """All per-split metrics of docs/method.md from (N, C) logits; accuracies are fractions.
 
     Dist^C needs ``coarse_of_fine``; Dist^S uses ``distance`` (C, C) when given, else the
     two-level distances of ``coarse_of_fine``. Both are None without a hierarchy.
@@ -109,7 +109,7 @@ def ensemble_metrics(
     k: int = 5,
     distance: torch.Tensor | None = None,
 ) -> dict[str, float | None]:
-    """Metrics of the ensemble that averages its members' softmax outputs (METHOD.md)."""
+    """Metrics of the ensemble that averages its members' softmax outputs (docs/method.md)."""
     probs = torch.stack([torch.softmax(logits.float(), dim=1) for logits in member_logits])
     # log of the mean probability is a valid logit vector: its softmax is the mean itself.
     return classification_metrics(probs.mean(dim=0).log(), labels, coarse_of_fine, k, distance)

@@ -1,4 +1,4 @@
-"""Transfer feature extraction (METHOD.md, "Transfer feature extraction").
+"""Transfer feature extraction (docs/method.md, "Transfer feature extraction").
 
 Each generation of a finished run is used as a frozen feature extractor on a second data
 set: its penultimate features (``forward_features``) of the second set's training and test

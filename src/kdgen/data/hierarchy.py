@@ -1,6 +1,6 @@
 """Class hierarchies (trees over the classes) for the secondary-information metrics.
 
-Dist^C and Dist^S (METHOD.md, "Measuring secondary information") need, for C classes:
+Dist^C and Dist^S (docs/method.md, "Measuring secondary information") need, for C classes:
 
 - a tree distance ``d(y, c)``: the number of edges from the true class ``y`` up to the
   lowest common ancestor of ``y`` and ``c`` (:meth:`Hierarchy.distance_matrix`); in a
