@@ -128,7 +128,9 @@ def prepare_data(
     channels_last: bool | None = None,
 ) -> PreparedData:
     """Loaders for one run. The training subset and the validation split depend on the
-    seed alone, so every process run with one seed sees the same data. Batches come in
+    seed alone, so every process run with one seed sees the same data; the training
+    loader's stream (order, crops, flips) depends on (seed, generation, epoch), and the
+    loop over generations sets its generation before training each one. Batches come in
     channels_last layout if ``channels_last`` (by default: as ``config`` says).
 
     ``data.batch_size`` is the global batch: with several ranks each loader yields this
@@ -640,6 +642,7 @@ def _run_generations(
             # A resume replays what was logged after its checkpoint: drop those records.
             folder.truncate_metrics(generation, resume_state["epoch"] if resume_state else 0)
             schedule = _scaled_schedule(config, generation)
+            data.train_loader.set_generation(generation)
             result = train_generation(
                 model,
                 data.train_loader,

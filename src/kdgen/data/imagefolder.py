@@ -147,10 +147,11 @@ class EpochBatches:
         self.count, self.batch_size, self.shuffle = count, batch_size, shuffle
         self.seed, self.generation, self.shard = seed, generation, shard
         self.epoch = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[tuple[int, int], list[list[int]]] | None = None
 
     def batches(self) -> list[list[int]]:
-        if self._cache is None or self._cache[0] != self.epoch:
+        key = (self.generation, self.epoch)
+        if self._cache is None or self._cache[0] != key:
             generator = seeded_generator(self.seed, self.generation, self.epoch)
             batches = shard_batches(
                 self.count,
@@ -159,7 +160,7 @@ class EpochBatches:
                 generator=generator,
                 shard=self.shard,
             )
-            self._cache = (self.epoch, batches)
+            self._cache = (key, batches)
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -223,6 +224,10 @@ class FolderLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
+
+    def set_generation(self, generation: int) -> None:
+        """Draw the stream (order) of this generation; see ``DeviceLoader.set_generation``."""
+        self.sampler.generation = generation
 
     def batches(self) -> list[list[int]]:
         """This rank's batches of dataset indices for the current epoch."""

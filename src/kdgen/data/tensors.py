@@ -119,6 +119,11 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_generation(self, generation: int) -> None:
+        """Draw the stream of this generation: every generation has its own order, crops
+        and flips, as separate training runs would."""
+        self.generation = generation
+
     def __len__(self) -> int:
         count = len(self.labels)
         if self.shuffle:
