@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from kdgen.config import (
     effective_lr,
     precision_setting,
     schedule_for,
+    to_dict,
     to_yaml,
 )
 from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
@@ -349,20 +350,82 @@ def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distribute
     return RunFolder(path, writable=dist.is_main())
 
 
+# Config keys that do not shape a trained patriarch: naming, output, logging, evaluation,
+# where the data lives, and the later generations. Everything else must match.
+_NOT_PATRIARCH_SHAPING = {
+    "name", "out_dir", "progress", "tensorboard", "check_every", "compile", "eval_every",
+    "device", "max_grad_norm", "patriarch", "process", "generations", "generation_schedules",
+    "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
+    "regularize_all_teachers", "temperature", "data.root", "data.download",
+    "data.eval_batch_size", "data.workers", "data.hierarchy",
+}  # fmt: skip
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def patriarch_identity(config: Config) -> dict[str, Any]:
+    """Everything that shapes generation 0 of ``config``: model, data (name, subset, split,
+    augmentation, batch), seed, precision and layout, the generation-0 schedule and loss."""
+    values = {
+        key: value
+        for key, value in _flat(to_dict(config)).items()
+        if not {key, key.split(".")[0]} & _NOT_PATRIARCH_SHAPING
+    }
+    schedule = asdict(_scaled_schedule(config, 0))
+    values.update({f"schedule.{key}": value for key, value in schedule.items()})
+    loss = loss_settings(config, 0)
+    values.update({key: value for key, value in loss.items() if key != "generation_role"})
+    return values
+
+
+def _patriarch_paths(config: Config) -> tuple[Path, Path]:
+    """(run folder, gen0 checkpoint) of ``patriarch=PATH`` (a run folder or its gen0.pt)."""
+    path = Path(config.patriarch or "")
+    if path.is_dir():
+        return path, path / "checkpoints" / "gen0.pt"
+    return path.parent.parent, path
+
+
+def _check_patriarch(config: Config, run_dir: Path, payload: dict[str, Any]) -> None:
+    """Refuse a patriarch that is not the one this run would train (exit 2, one line)."""
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
+        raise CheckpointError(
+            f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
+        )
+    trained = build_config(str(folder.config_path))
+    if payload.get("config_hash") != config_hash(trained):
+        raise CheckpointError(
+            f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
+        )
+    theirs, ours = patriarch_identity(trained), patriarch_identity(config)
+    differing = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
+    if differing:
+        was = ", ".join(f"{key}={theirs.get(key)!r}" for key in differing)
+        has = ", ".join(f"{key}={ours.get(key)!r}" for key in differing)
+        raise CheckpointError(
+            f"patriarch {run_dir} does not match this run: it was trained with {was}, "
+            f"this run has {has}"
+        )
+
+
 def _load_patriarch(
     config: Config, dataset: ImageDataset, device: torch.device, channels_last: bool
 ) -> nn.Module:
-    """M_0 from another run's checkpoint (``patriarch=PATH``), checked against this config."""
-    path = Path(config.patriarch or "")
-    if path.is_dir():
-        path = path / "checkpoints" / "gen0.pt"
+    """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
+    was trained exactly as this run would train it (:func:`patriarch_identity`)."""
+    run_dir, path = _patriarch_paths(config)
     payload = load_checkpoint(path)
-    expected = {
-        "model_name": config.model,
-        "num_classes": dataset.num_classes,
-        "in_channels": dataset.in_channels,
-        "loss": loss_settings(config, 0),
-    }
+    _check_patriarch(config, run_dir, payload)
+    expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
     found = {key: payload.get(key) for key in expected}
     if found != expected:
         raise CheckpointError(
@@ -375,8 +438,7 @@ def _load_patriarch(
 
 def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
     """The training metrics and epochs of a shared patriarch, from its own run's summary."""
-    path = Path(config.patriarch or "")
-    run_dir = path if path.is_dir() else path.parent.parent
+    run_dir, _ = _patriarch_paths(config)
     summary = RunFolder(run_dir).read_summary() or {"generations": []}
     for entry in summary["generations"]:
         if entry["generation"] == 0:
