@@ -30,7 +30,11 @@ from kdgen.metrics import classification_metrics
 from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+LossTerms = dict[str, torch.Tensor]
+"""A loss and its parts: ``"loss"`` (the total that is minimised) and named components
+such as ``"loss_ce"``, ``"loss_reg"``, ``"loss_kd"``; every entry is a batch mean."""
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], "LossTerms | torch.Tensor"]
+"""(student logits, targets, teacher logits) -> the loss, or the loss and its parts."""
 
 
 class Hooks:
@@ -156,9 +160,15 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
     return logits.to(torch.float32, copy=True)
 
 
+def as_terms(loss: LossTerms | torch.Tensor) -> LossTerms:
+    """A loss function's result as terms: a bare tensor is ``{"loss": tensor}``."""
+    return loss if isinstance(loss, dict) else {"loss": loss}
+
+
 @dataclass
 class EpochProgress:
-    """Where an epoch stands: optimiser steps done and the running sums (on the device).
+    """Where an epoch stands: optimiser steps done and the running sums (on the device) of
+    the loss, each of its parts, and the correct predictions.
 
     A state saved mid-epoch holds these, so a resume skips the batches already trained on
     (drawing them, so the epoch's generator advances exactly as before) and continues the
@@ -166,27 +176,35 @@ class EpochProgress:
     """
 
     step: int = 0
-    loss_sum: torch.Tensor | None = None
+    loss_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | None = None
     seen: int = 0
 
     def start(self, device: torch.device) -> None:
         """Move saved sums to ``device``, or start them at zero."""
-        self.loss_sum = (
-            torch.zeros((), device=device) if self.loss_sum is None else self.loss_sum.to(device)
-        )
+        self.loss_sums = {name: value.to(device) for name, value in self.loss_sums.items()}
         self.correct = (
             torch.zeros((), device=device, dtype=torch.long)
             if self.correct is None
             else self.correct.to(device)
         )
 
+    def add(self, terms: LossTerms, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch (no host sync)."""
+        assert self.correct is not None
+        count = targets.shape[0]
+        for name, value in terms.items():
+            total = value.detach().float() * count
+            self.loss_sums[name] = self.loss_sums[name] + total if name in self.loss_sums else total
+        self.correct += (logits.detach().argmax(dim=1) == targets).sum()
+        self.seen += count
+
     def to_state(self) -> dict[str, Any]:
         """A weights-only-loadable record of this progress (sums copied to the CPU)."""
-        assert self.loss_sum is not None and self.correct is not None
+        assert self.correct is not None
         return {
             "step": self.step,
-            "loss_sum": self.loss_sum.detach().cpu(),
+            "loss_sums": {name: value.detach().cpu() for name, value in self.loss_sums.items()},
             "correct": self.correct.detach().cpu(),
             "seen": self.seen,
         }
@@ -195,7 +213,21 @@ class EpochProgress:
     def from_state(cls, state: dict[str, Any] | None) -> EpochProgress:
         if not state:
             return cls()
-        return cls(state["step"], state["loss_sum"], state["correct"], state["seen"])
+        # States saved before the loss parts were logged hold the total alone.
+        sums = state.get("loss_sums") or {"loss": state["loss_sum"]}
+        return cls(state["step"], dict(sums), state["correct"], state["seen"])
+
+    def totals(self, dist: Distributed, device: torch.device) -> dict[str, float]:
+        """The epoch's mean loss, mean parts and top-1, summed over the ranks (one sync)."""
+        assert self.correct is not None
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        names = sorted(self.loss_sums)
+        seen = torch.tensor(float(self.seen), dtype=dtype, device=device)
+        values = [*(self.loss_sums[name].to(dtype) for name in names), self.correct.to(dtype), seen]
+        *sums, correct, count = dist.all_reduce_sum(torch.stack(values)).tolist()
+        count = max(count, 1)
+        means = {name: total / count for name, total in zip(names, sums, strict=True)}
+        return {**means, "top1": correct / count}
 
 
 def _never() -> bool:
@@ -267,7 +299,6 @@ def _train_epoch(
     progress.start(device)
     guard = guard or NumericsGuard(dist=dist)
     guard.start(device)
-    assert progress.loss_sum is not None and progress.correct is not None
     steps = len(loader)
     for step, (images, targets) in enumerate(loader):
         if step < progress.step:
@@ -275,26 +306,21 @@ def _train_epoch(
         with autocast(device, precision):
             logits = model(images).float()
             teacher_logits = _teacher_logits(teacher, images)
-        loss = loss_fn(logits, targets, teacher_logits)
+        terms = as_terms(loss_fn(logits, targets, teacher_logits))
+        loss = terms["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         guard.after_backward(model, loss)
         optimizer.step()
         scheduler.step()
-        progress.loss_sum += loss.detach() * targets.shape[0]
-        progress.correct += (logits.detach().argmax(dim=1) == targets).sum()
-        progress.seen += targets.shape[0]
+        progress.add(terms, logits, targets)
         progress.step = step + 1
         guard.check(progress.step)
         if progress.step < steps and stop_requested():
             guard.check(progress.step, force=True)  # never save a bad state
             return None
     guard.check(progress.step, force=True)
-    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    totals = torch.stack([progress.loss_sum.to(dtype), progress.correct.to(dtype)])
-    totals = torch.cat([totals, torch.tensor([progress.seen], dtype=dtype, device=device)])
-    loss_value, correct_value, count = dist.all_reduce_sum(totals).tolist()
-    return {"loss": loss_value / max(count, 1), "top1": correct_value / max(count, 1)}
+    return progress.totals(dist, device)
 
 
 def _evaluate_all(

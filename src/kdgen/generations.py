@@ -239,14 +239,15 @@ def uses_teacher(config: Config, generation: int) -> bool:
 
 
 def make_loss(config: Config, generation: int) -> LossFn:
-    """The loss of one generation: the teacher loss for M_0, the student loss after it.
+    """The loss of one generation and its parts: the teacher loss for M_0, the student loss
+    after it (``{"loss": total, "loss_ce": ..., "loss_reg"/"loss_kd": ...}``).
 
     A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
     with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
-    (our definition, docs/method.md "Where the regulariser applies").
+    (our definition; docs/method.md, Where the tolerance term applies).
     """
     tolerant = functools.partial(
-        losses.teacher_loss,
+        losses.teacher_loss_terms,
         eta=config.eta,
         regularizer=config.regularizer,
         k=config.k,
@@ -262,18 +263,19 @@ def make_loss(config: Config, generation: int) -> LossFn:
             logits, targets, eta=1.0, validate=False
         )
     if not is_tolerant(config, generation):
-        return lambda logits, targets, teacher_logits: losses.student_loss(
+        return lambda logits, targets, teacher_logits: losses.student_loss_terms(
             logits, teacher_logits, targets, lam, tau, validate=False
         )
 
     def tolerant_student(
         logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any
-    ) -> torch.Tensor:
-        base = tolerant(logits, targets)
+    ) -> dict[str, torch.Tensor]:
+        terms = tolerant(logits, targets)
         if lam == 0.0:
-            return base
-        kd = losses.student_loss(logits, teacher_logits, targets, 1.0, tau, validate=False)
-        return (1 - lam) * base + lam * kd
+            return terms
+        kd = losses.student_loss_terms(logits, teacher_logits, targets, 1.0, tau, validate=False)
+        total = (1 - lam) * terms["loss"] + lam * kd["loss"]
+        return {**terms, "loss": total, "loss_kd": kd["loss_kd"]}
 
     return tolerant_student
 

@@ -37,7 +37,9 @@ __all__ = [
     "label_smoothing_reg",
     "no_reg",
     "student_loss",
+    "student_loss_terms",
     "teacher_loss",
+    "teacher_loss_terms",
     "tolerance_regularizer",
     "tsd",
 ]
@@ -184,6 +186,37 @@ def tolerance_regularizer(name: str, logits: Tensor, k: int = 5) -> Tensor:
 # ----------------------------------------------------------------------------- losses
 
 
+def teacher_loss_terms(
+    logits: Tensor,
+    targets: Tensor,
+    eta: float,
+    regularizer: str = "tsd",
+    k: int = 5,
+    form: str = "convex",
+    *,
+    validate: bool = True,
+) -> dict[str, Tensor]:
+    """The tolerant-teacher loss and its parts, docs/method.md "Teacher loss".
+
+    Returns ``{"loss": L, "loss_ce": CE(p, y), "loss_reg": R(p)}``, the parts unweighted;
+    ``loss_reg`` only when R has a weight (eta < 1). See :func:`teacher_loss`.
+    """
+    eta = _check_unit("eta", eta)
+    reg = _get_regularizer(regularizer)
+    if form not in FORMS:
+        raise ConfigError(f"form must be one of {list(FORMS)}, got {form!r}")
+    if form == "normalized" and eta == 0.0:
+        raise ConfigError("eta must be in (0, 1] for form='normalized', got 0.0")
+    _check_logits(logits)
+    ce = _ce(logits, targets, validate)
+    ce_weight, reg_weight = (eta, 1.0 - eta) if form == "convex" else (1.0, (1.0 - eta) / eta)
+    if reg_weight == 0.0:
+        return {"loss": ce, "loss_ce": ce}
+    r = reg(logits, k)
+    loss = reg_weight * r if ce_weight == 0.0 else ce_weight * ce + reg_weight * r
+    return {"loss": loss, "loss_ce": ce, "loss_reg": r}
+
+
 def teacher_loss(
     logits: Tensor,
     targets: Tensor,
@@ -202,22 +235,11 @@ def teacher_loss(
     evaluated when its weight is 0. ``validate=False`` skips the target-range check (the only
     one that syncs with the device); see the module docstring.
     """
-    eta = _check_unit("eta", eta)
-    reg = _get_regularizer(regularizer)
-    if form not in FORMS:
-        raise ConfigError(f"form must be one of {list(FORMS)}, got {form!r}")
-    if form == "normalized" and eta == 0.0:
-        raise ConfigError("eta must be in (0, 1] for form='normalized', got 0.0")
-    _check_logits(logits)
-    ce = _ce(logits, targets, validate)
-    ce_weight, reg_weight = (eta, 1.0 - eta) if form == "convex" else (1.0, (1.0 - eta) / eta)
-    if reg_weight == 0.0:
-        return ce
-    loss = reg_weight * reg(logits, k)
-    return loss if ce_weight == 0.0 else ce_weight * ce + loss
+    terms = teacher_loss_terms(logits, targets, eta, regularizer, k, form, validate=validate)
+    return terms["loss"]
 
 
-def student_loss(
+def student_loss_terms(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
@@ -225,13 +247,12 @@ def student_loss(
     temperature: float = 1.0,
     *,
     validate: bool = True,
-) -> Tensor:
-    """Student loss, docs/method.md "Student loss" (the paper's Eq. 2).
+) -> dict[str, Tensor]:
+    """The student loss and its parts, docs/method.md "Student loss (Eq. 2)".
 
-    L = (1 - lam) * CE(p_S, y) + lam * tau^2 * KL(p_T^tau || p_S^tau), p^tau = softmax(z / tau),
-    KL averaged over the batch ('batchmean'). The teacher logits are detached: no gradient
-    reaches the teacher. A term whose weight is 0 is not evaluated. ``validate=False`` skips
-    the target-range check (the only one that syncs with the device).
+    Returns ``{"loss": L, "loss_ce": CE(p_S, y), "loss_kd": tau^2 * KL(p_T^tau || p_S^tau)}``,
+    so that L = (1 - lam) * loss_ce + lam * loss_kd; ``loss_kd`` only when lam > 0.
+    See :func:`student_loss`.
     """
     lam = _check_unit("lam", lam)
     tau = _check_temperature(temperature)
@@ -244,9 +265,31 @@ def student_loss(
         )
     ce = _ce(student_logits, targets, validate)
     if lam == 0.0:
-        return ce
+        return {"loss": ce, "loss_ce": ce}
     log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-    loss = (lam * tau**2) * kl
-    return loss if lam == 1.0 else (1.0 - lam) * ce + loss
+    kd = tau**2 * F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
+    loss = kd if lam == 1.0 else (1.0 - lam) * ce + lam * kd
+    return {"loss": loss, "loss_ce": ce, "loss_kd": kd}
+
+
+def student_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    lam: float,
+    temperature: float = 1.0,
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """Student loss, docs/method.md "Student loss (Eq. 2)".
+
+    L = (1 - lam) * CE(p_S, y) + lam * tau^2 * KL(p_T^tau || p_S^tau), p^tau = softmax(z / tau),
+    KL averaged over the batch ('batchmean'). The teacher logits are detached: no gradient
+    reaches the teacher. A term whose weight is 0 is not evaluated. ``validate=False`` skips
+    the target-range check (the only one that syncs with the device).
+    """
+    terms = student_loss_terms(
+        student_logits, teacher_logits, targets, lam, temperature, validate=validate
+    )
+    return terms["loss"]

@@ -10,7 +10,7 @@ Layout (timm-style, one folder per run)::
       summary.json         final metrics per generation, and the method's settings
       checkpoints/gen{g}.pt  final model of generation g
       checkpoints/last.pt  latest resumable state of the generation in progress
-      logits/gen{g}.pt     generation g's validation and test logits (float16) and labels
+      logits/gen{g}.pt     generation g's validation and test logits (float32) and labels
       tb/                  TensorBoard scalars, when tensorboard is installed
       train.log            the run's output, when a sweep executor started it
       resources.json       what that executor gave it: threads, GPU, pid or Slurm job
@@ -139,19 +139,21 @@ class RunFolder:
     def save_logits(
         self, generation: int, splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     ) -> None:
-        """Save a generation's (logits, labels) per split; logits as float16."""
+        """Save a generation's (logits, labels) per split; logits in float32, as computed,
+        so that ensembles and per-class views lose nothing to rounding."""
         if not self.writable:
             return
         payload = {
-            name: {"logits": logits.detach().to("cpu", torch.float16), "labels": labels.cpu()}
+            name: {"logits": logits.detach().to("cpu", torch.float32), "labels": labels.cpu()}
             for name, (logits, labels) in splits.items()
         }
         save_checkpoint(self.logits_path(generation), {"generation": generation, "splits": payload})
 
     def load_logits(self, generation: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """A generation's saved {split: (logits float16, labels)}."""
+        """A generation's saved {split: (logits float32, labels)} (older runs' float16 logits
+        are widened to float32)."""
         splits = load_checkpoint(self.logits_path(generation))["splits"]
-        return {name: (value["logits"], value["labels"]) for name, value in splits.items()}
+        return {name: (value["logits"].float(), value["labels"]) for name, value in splits.items()}
 
     def save(self, path: Path, payload: dict[str, Any]) -> None:
         """:func:`save_checkpoint`, when this process writes."""
