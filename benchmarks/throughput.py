@@ -289,7 +289,7 @@ def bare_mode(config: Config, loader: DeviceLoader, model: nn.Module) -> Mode:
         model.train()
         for images, targets in loader:
             with autocast(loader.device, precision_of(config, loader.device)):
-                loss = loss_fn(model(images), targets, None)
+                loss = loss_fn(model(images), targets, None)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

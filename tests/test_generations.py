@@ -112,16 +112,16 @@ def test_regulariser_applies_to_the_patriarch_only_by_default() -> None:
     ce = torch.nn.functional.cross_entropy(logits, targets)
     tolerant = 0.6 * ce + 0.4 * losses.tsd(logits, 5)
     kd = losses.student_loss(logits, teacher_logits, targets, 1.0)
-    assert torch.allclose(make_loss(config, 0)(logits, targets, None), tolerant)
-    student = make_loss(config, 1)(logits, targets, teacher_logits)
+    assert torch.allclose(make_loss(config, 0)(logits, targets, None)["loss"], tolerant)
+    student = make_loss(config, 1)(logits, targets, teacher_logits)["loss"]
     assert torch.allclose(student, 0.4 * ce + 0.6 * kd)
     config.regularize_all_teachers = True
     assert torch.allclose(
-        make_loss(config, 1)(logits, targets, teacher_logits), 0.4 * tolerant + 0.6 * kd
+        make_loss(config, 1)(logits, targets, teacher_logits)["loss"], 0.4 * tolerant + 0.6 * kd
     )
     # The last generation teaches nobody: no regulariser even then.
     assert torch.allclose(
-        make_loss(config, 2)(logits, targets, teacher_logits), 0.4 * ce + 0.6 * kd
+        make_loss(config, 2)(logits, targets, teacher_logits)["loss"], 0.4 * ce + 0.6 * kd
     )
 
 
