@@ -356,7 +356,13 @@ def test_val_size_zero_runs_report(fast_config: Callable[..., Config], tmp_path:
         fast_config("process=D(1.0,0.0)", "data.val_size=0", "schedule.epochs=1", out="s")
     )
     shared = train_generations(
-        fast_config("process=D(1.0,0.6)", "data.val_size=0", f"patriarch={strict.path}", out="t")
+        fast_config(
+            "process=D(1.0,0.6)",
+            "data.val_size=0",
+            "schedule.epochs=1",
+            f"patriarch={strict.path}",
+            out="t",
+        )
     )
     for result in (strict, shared):
         assert all(entry["val"] is None for entry in result.summary["generations"])
