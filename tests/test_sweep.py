@@ -106,7 +106,7 @@ def test_run_saves_logits_and_ensembles(fast_config) -> None:  # type: ignore[no
     saved = [folder.load_logits(g) for g in range(3)]
     for generation in saved:
         logits, labels = generation["test"]
-        assert logits.dtype == torch.float16 and logits.shape == (200, 100)
+        assert logits.dtype == torch.float32 and logits.shape == (200, 100)
         assert labels.dtype == torch.int64
     names = [e["name"] for e in result.summary["ensembles"]]
     assert names == ["all", "last2"]
