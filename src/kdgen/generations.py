@@ -244,7 +244,7 @@ def make_loss(config: Config, generation: int) -> LossFn:
 
     A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
     with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
-    (our definition; docs/method.md, Where the tolerance term applies).
+    (our definition; docs/method.md, Where the regulariser applies).
     """
     tolerant = functools.partial(
         losses.teacher_loss_terms,
@@ -259,7 +259,7 @@ def make_loss(config: Config, generation: int) -> LossFn:
     lam, tau = config.lam, config.temperature
     if not is_tolerant(config, generation) and not uses_teacher(config, generation):
         # (1 - 0) * CE: the teacher's logits are not computed (see uses_teacher).
-        return lambda logits, targets, teacher_logits: losses.teacher_loss(
+        return lambda logits, targets, teacher_logits: losses.teacher_loss_terms(
             logits, targets, eta=1.0, validate=False
         )
     if not is_tolerant(config, generation):

@@ -248,7 +248,7 @@ def student_loss_terms(
     *,
     validate: bool = True,
 ) -> dict[str, Tensor]:
-    """The student loss and its parts, docs/method.md "Student loss (Eq. 2)".
+    """The student loss and its parts, docs/method.md "Student loss".
 
     Returns ``{"loss": L, "loss_ce": CE(p_S, y), "loss_kd": tau^2 * KL(p_T^tau || p_S^tau)}``,
     so that L = (1 - lam) * loss_ce + lam * loss_kd; ``loss_kd`` only when lam > 0.
@@ -282,7 +282,7 @@ def student_loss(
     *,
     validate: bool = True,
 ) -> Tensor:
-    """Student loss, docs/method.md "Student loss (Eq. 2)".
+    """Student loss, docs/method.md "Student loss".
 
     L = (1 - lam) * CE(p_S, y) + lam * tau^2 * KL(p_T^tau || p_S^tau), p^tau = softmax(z / tau),
     KL averaged over the batch ('batchmean'). The teacher logits are detached: no gradient
