@@ -244,7 +244,7 @@ def make_loss(config: Config, generation: int) -> LossFn:
 
     A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
     with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
-    (our definition; docs/method.md, Where the regulariser applies).
+    (our definition, docs/method.md "Where the regulariser applies").
     """
     tolerant = functools.partial(
         losses.teacher_loss_terms,
