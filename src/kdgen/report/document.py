@@ -19,11 +19,16 @@ from kdgen.report.tables import (
     generations_summary_table,
     training_loss_table,
 )
+from kdgen.report.tolerance import plot_tolerance, tolerance_table
 from kdgen.runs import atomic_write_text
 
 FIGURES = (
     ("accuracy.png", f"Test top-1 accuracy over generations ({BAND})"),
     ("secondary.png", f"Dist^C, Dist^S and mean top-1 probability over generations ({BAND})"),
+)
+TOLERANCE_FIGURE = (
+    "tolerance.png",
+    "The patriarch against eta (mean over seeds; bars: 95% t-interval of the mean)",
 )
 
 
@@ -48,6 +53,7 @@ def _header_lines(
 
 def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> list[Section]:
     shared = shared_patriarchs(groups)
+    runs = [run for members in groups.values() for run in members]
     sections = [
         Section(
             "Per generation (mean ± sample std over seeds)",
@@ -92,6 +98,18 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 losses,
             )
         )
+    tolerance = tolerance_table(runs)
+    if tolerance is not None:
+        sections.append(
+            Section(
+                "The patriarch against eta",
+                "Generation 0 of every run, grouped by regulariser and eta (a patriarch "
+                "shared by several runs of a seed counts once; the strict patriarch, eta = 1, "
+                "starts every curve). For TSD, one-hot stays a local optimum of the teacher "
+                "loss exactly when eta > K/(2K-1) (docs/method.md, Tolerance threshold).",
+                tolerance,
+            )
+        )
     table, notes = per_class_table(groups, examples, shared)
     sections.append(
         Section(
@@ -108,9 +126,11 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
     return sections
 
 
-def _markdown(header: list[str], sections: list[Section]) -> str:
+def _markdown(
+    header: list[str], sections: list[Section], figures: Sequence[tuple[str, str]]
+) -> str:
     parts = ["# kdgen report", "", *(f"{line}  " for line in header), ""]
-    for file, caption in FIGURES:
+    for file, caption in figures:
         parts += [f"![{caption}]({file})", "", f"*{caption}*", ""]
     for section in sections:
         parts += [f"## {section.title}", ""]
@@ -144,9 +164,12 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plot_accuracy(groups, out / "accuracy.png", baseline)
     plot_secondary(groups, out / "secondary.png", baseline)
+    figures = list(FIGURES)
+    if plot_tolerance(runs, out / TOLERANCE_FIGURE[0]) is not None:
+        figures.append(TOLERANCE_FIGURE)
     header = _header_lines(dirs, out, runs, groups, baseline)
     sections = _sections(groups, per_class_examples, baseline)
-    atomic_write_text(out / "report.html", page(header, FIGURES, sections))
+    atomic_write_text(out / "report.html", page(header, figures, sections))
     path = out / "report.md"
-    atomic_write_text(path, _markdown(header, sections))
+    atomic_write_text(path, _markdown(header, sections, figures))
     return path

@@ -70,7 +70,7 @@ def _plot_metric(ax: Any, groups: dict[str, list[Run]], column: Column, baseline
     return drawn
 
 
-def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +79,7 @@ def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
     return plt.subplots(*args, **kwargs)
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.savefig(path, dpi=150, bbox_inches="tight")
@@ -88,12 +88,12 @@ def _save(fig: Any, path: Path) -> None:
 
 def plot_accuracy(groups: dict[str, list[Run]], path: Path, baseline: str = BASELINE) -> Path:
     """Test top-1 (%) against generation per process, with 95% t-interval bands (Figure 2)."""
-    fig, ax = _figure(figsize=(7.5, 4.5))
+    fig, ax = new_figure(figsize=(7.5, 4.5))
     _plot_metric(ax, groups, METRIC_COLUMNS[0], baseline)
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"Test top-1 accuracy over generations\n({BAND})", fontsize=11)
     ax.legend(title="process", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -106,7 +106,7 @@ SECONDARY_PANELS = (
 
 def plot_secondary(groups: dict[str, list[Run]], path: Path, baseline: str = BASELINE) -> Path:
     """Dist^C, Dist^S and mean top-1 probability against generation, side by side."""
-    fig, axes = _figure(1, 3, figsize=(14, 4.2))
+    fig, axes = new_figure(1, 3, figsize=(14, 4.2))
     for ax, (column, title, ylabel) in zip(axes, SECONDARY_PANELS, strict=True):
         _plot_metric(ax, groups, column, baseline)
         ax.set_title(title)
@@ -122,7 +122,7 @@ def plot_secondary(groups: dict[str, list[Run]], path: Path, baseline: str = BAS
         frameon=False,
     )
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
