@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kdgen.cli import main
+from kdgen.errors import ConfigError
 from kdgen.executors import LocalExecutor, available_cores, exit_status
 from kdgen.runs import RunFolder
 from kdgen.sweep import plan_sweep, read_plan, run_status, write_plan
@@ -80,8 +81,10 @@ def test_two_jobs_share_the_patriarch_and_split_the_cores(reference: Path) -> No
 
 
 def test_a_failing_run_stops_neither_the_others_nor_the_report(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Two GPUs as CUDA_VISIBLE_DEVICES names them (on a CPU machine the runs still use CPU).
+    monkeypatch.setattr("kdgen.executors.visible_gpus", lambda: ["3", "5"])
     good, bad, child = plan_sweep(
         "smoke", ["D(0.6,0.6)", "D(1.0,0.0)", "D(1.0,0.6)"], [0], tmp_path, STUDY
     )
@@ -98,6 +101,16 @@ def test_a_failing_run_stops_neither_the_others_nor_the_report(
     assert f"run failed: {child.path}" in err
     table = out[out.index("process  ") :].splitlines()
     assert [line.split()[2] for line in table[1:4]] == ["finished", "failed", "failed"]
+    devices = {RunFolder(r.path).read_resources()["cuda_visible_devices"] for r in (good, bad)}
+    assert devices == {"3", "5"}  # started together: one GPU each
+
+
+def test_more_jobs_than_gpus_only_when_asked() -> None:
+    with pytest.raises(ConfigError, match="--share-gpus"):
+        LocalExecutor(jobs=3, gpus=["0", "1"])
+    shared = LocalExecutor(jobs=3, gpus=["0", "1"], share_gpus=True, cores=8)
+    assert shared.threads == 2
+    assert LocalExecutor(jobs=4, cores=2).threads == 1
 
 
 def test_the_executor_skips_finished_runs(reference: Path) -> None:
@@ -138,3 +151,23 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
     assert main(["status", str(out)]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[-2:]
     assert [row.split()[2:5] for row in rows] == [["finished", "1", "2"]] * 2
+
+
+def test_sigterm_to_the_sweep_stops_each_training_gracefully_once(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "kdgen", *_sweep_argv(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = out / "D1.0-0.0" / "seed0" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and sweep.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sweep.send_signal(signal.SIGTERM)  # to the sweep alone: it passes the signal on
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, output
+    state = RunFolder(out / "D1.0-0.0" / "seed0").read_state()
+    assert state["status"] == "interrupted" and "SIGTERM" in state["reason"]  # saved, not killed
+    assert "D(1.0,0.0) seed 0: interrupted" in output

@@ -30,6 +30,7 @@ from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.sweep import SweepRun, last_test_top1, patriarch_ready, run_status
 
 EXIT_RUNS_FAILED = 1
+PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 
 @dataclass
@@ -144,7 +145,8 @@ class LocalExecutor:
                     elif not running:
                         break
                     time.sleep(self.poll_seconds)
-        except KeyboardInterrupt:  # the terminal's SIGINT reached every job as well
+        except KeyboardInterrupt:  # Ctrl-C: every job stops gracefully (a resumable state)
+            _signal_all(running, signal.SIGINT)
             self._wait_all(running, outcomes, total=len(runs))
         for run in pending:
             outcomes.setdefault(run.path, RunOutcome(run, "interrupted", detail="not started"))
@@ -194,7 +196,14 @@ class LocalExecutor:
         log = folder.log_path.open("ab")
         log.write(f"\n$ {' '.join(argv)}\n".encode())
         log.flush()
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=0,  # signals to the sweep's group reach the sweep alone
+            preexec_fn=_die_with_parent(),
+        )
         atomic_write_json(folder.resources_path, {**resources, "pid": process.pid})
         where = f", GPU {resources['cuda_visible_devices']}" if self.gpus else ""
         verb = "resume" if resumed else "start"
@@ -219,7 +228,8 @@ class LocalExecutor:
             try:
                 for job in running.values():
                     job.process.wait()
-            except KeyboardInterrupt:  # a second Ctrl-C: the jobs exit at once too
+            except KeyboardInterrupt:  # a second Ctrl-C: the jobs exit at once
+                _signal_all(running, signal.SIGINT)
                 continue
             self._reap(running, outcomes, total)
 
@@ -229,7 +239,8 @@ class LocalExecutor:
 
 class _StopForwarder:
     """While active, SIGTERM to the sweep asks every job to stop gracefully (they save a
-    resumable checkpoint); the sweep starts nothing more and waits for them."""
+    resumable checkpoint); the sweep starts nothing more and waits for them. The jobs run
+    in their own process groups, so each receives the signal once."""
 
     def __init__(self, running: dict[str, _Job]) -> None:
         self.running = running
@@ -245,9 +256,31 @@ class _StopForwarder:
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
-        for job in self.running.values():
-            if job.process.poll() is None:
-                job.process.send_signal(signum)
+        _signal_all(self.running, signum)
+
+
+def _signal_all(running: dict[str, _Job], signum: int) -> None:
+    for job in running.values():
+        if job.process.poll() is None:
+            job.process.send_signal(signum)
+
+
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` that has Linux SIGKILL the job when the sweep dies (a SIGKILL of
+    the sweep ends every training it started; the rerun resumes them). None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the sweep died before the line above
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_death_signal
 
 
 def _name(run: SweepRun) -> str:
@@ -367,7 +400,13 @@ class TrainJob:
             log.write(f"\n$ {' '.join(argv)}\n".encode())
             log.flush()
             env = {**os.environ, **_threads_env(self.threads)}
-            self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self._process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=_ignore_warning_signal,
+            )
             code = self._process.wait()
         if code != 0:
             raise RuntimeError(f"kdgen train exited with status {code}; see {folder.log_path}")
@@ -389,6 +428,12 @@ class TrainJob:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["preset"], state["run"], state["threads"])  # type: ignore[misc]
+
+
+def _ignore_warning_signal() -> None:
+    """Slurm may send its time-limit warning (USR2) to every process of the job: only
+    submitit's handler in the job process acts on it, by stopping the training."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 @dataclass
