@@ -3,17 +3,22 @@
 # --jobs 2, interleaved (1, 2, 1, 2, ...) so that a change in the machine's load hits both
 # alike; prints each time, the sums and the speed-up (jobs 1 time / jobs 2 time).
 #
-#   bash benchmarks/sweep_jobs.sh [ROUNDS]        (default 1 round; KDGEN=... to override)
+#   bash benchmarks/sweep_jobs.sh [ROUNDS [key=value ...]]
+#
+# ROUNDS defaults to 1; key=value overrides go to every run (e.g. schedule.epochs=2 for a
+# quicker try); KDGEN="python -m kdgen" runs another installation.
 set -euo pipefail
 
 rounds=${1:-1}
+shift || true
+overrides=("$@")
 kdgen=${KDGEN:-"python -m kdgen"}
 out=benchmarks/out/sweep_jobs
 rm -rf "$out"
 mkdir -p "$out"
 
 sweep() {  # $1 = jobs, $2 = folder
-    $kdgen sweep smoke --processes "D(1.0,0.0)" "D(1.0,0.6)" "D(0.6,0.6)" --seeds 0 1 \
+    $kdgen sweep smoke "${overrides[@]}" --processes "D(1.0,0.0)" "D(1.0,0.6)" "D(0.6,0.6)" --seeds 0 1 \
         --jobs "$1" --out "$2" >"$2.log" 2>&1
 }
 

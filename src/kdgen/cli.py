@@ -23,6 +23,7 @@ from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
     from kdgen.executors import Executor
+    from kdgen.sweep import SweepRun
 
 EXIT_USAGE = 2
 
@@ -144,7 +145,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(format_commands(preset, runs))
         return 0
     settings = _executor_settings(args, saved)
-    executor = _make_executor(settings)
+    executor = _make_executor(settings, on_cpu=_runs_on_cpu(preset, runs))
     write_plan(out, preset, runs, settings)
     outcomes = executor.execute(preset, runs)
     print()
@@ -176,7 +177,14 @@ def _executor_settings(args: argparse.Namespace, saved: dict[str, Any]) -> dict[
     return {key: value for key, value in settings.items() if value is not None}
 
 
-def _make_executor(settings: dict[str, Any]) -> Executor:
+def _runs_on_cpu(preset: str, runs: list[SweepRun]) -> bool:
+    """Whether the sweep's config asks for the CPU (then GPUs play no part)."""
+    from kdgen.config import build_config
+
+    return bool(runs) and build_config(preset, list(runs[0].overrides)).device == "cpu"
+
+
+def _make_executor(settings: dict[str, Any], on_cpu: bool = False) -> Executor:
     from kdgen.executors import LocalExecutor, SlurmExecutor, SlurmSettings, visible_gpus
 
     if settings["executor"] == "slurm":
@@ -191,7 +199,9 @@ def _make_executor(settings: dict[str, Any]) -> Executor:
             )
         )
     return LocalExecutor(
-        jobs=int(settings["jobs"]), gpus=visible_gpus(), share_gpus=settings["share_gpus"]
+        jobs=int(settings["jobs"]),
+        gpus=[] if on_cpu else visible_gpus(),
+        share_gpus=settings["share_gpus"],
     )
 
 
