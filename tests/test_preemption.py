@@ -145,3 +145,34 @@ def test_resumable_checkpoint_contents_and_config_check(
     incomplete = {k: v for k, v in state.items() if k != "scheduler"}
     with pytest.raises(CheckpointError, match="lacks scheduler"):
         generations.check_resume_state(incomplete, folder.last_checkpoint, state["config_hash"])
+
+
+def test_cpu_state_has_no_cuda_rng_and_restores_without_it() -> None:
+    """On a process that never used CUDA nothing is saved for it, and a state without it
+    (CPU, or an older checkpoint) restores the CPU generator alone."""
+    assert engine.cuda_rng_state() == {}
+    torch.manual_seed(5)
+    state = {"torch_rng": torch.get_rng_state()}
+    expected = torch.rand(3)
+    torch.manual_seed(6)
+    engine.restore_rng_state(state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_cuda_rng_is_saved_per_device_and_restored_on_the_devices_present(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With CUDA in use every device's generator state is saved; a resume on a machine with
+    fewer devices restores those it has (CUDA itself is stood in for: no GPU here)."""
+    states = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    restored: list[tuple[int, int]] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    assert engine.cuda_rng_state() == {"cuda_rng": states}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state), device))
+    )
+    engine.restore_rng_state({"torch_rng": torch.get_rng_state(), "cuda_rng": states})
+    assert restored == [(1, 0)]

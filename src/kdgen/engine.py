@@ -356,9 +356,23 @@ def python_rng_state() -> dict[str, Any]:
     }
 
 
+def cuda_rng_state() -> dict[str, Any]:
+    """The RNG state of every CUDA device once this process uses CUDA (else nothing: asking
+    would create a CUDA context on every card for a run on the CPU)."""
+    if not torch.cuda.is_initialized():
+        return {}
+    return {"cuda_rng": torch.cuda.get_rng_state_all()}
+
+
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the torch, Python and NumPy RNG states saved in a resumable state."""
+    """Restore the torch (CPU and, where saved and available, CUDA), Python and NumPy RNG
+    states saved in a resumable state. A state without CUDA's (saved on a machine without
+    CUDA, or by an older version) leaves the CUDA generators as they are; a state saved
+    with more devices than this machine has restores those it has."""
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        for index, device_state in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
     if "python_rng" in state:
         saved = state["python_rng"]
         random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
@@ -446,6 +460,7 @@ def train_generation(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                **cuda_rng_state(),
                 **python_rng_state(),
                 **extra,
             }
