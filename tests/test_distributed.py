@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,12 +33,22 @@ from kdgen.runs import RunFolder, load_checkpoint
 from tests.conftest import FAST
 
 
+def torchrun_command(args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=2 -m kdgen ARGS``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*command, "--nproc_per_node=2", "-m", "kdgen", *args]
+
+
+def torchrun_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """On CPU (gloo), one thread a rank."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+
+
 def torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m kdgen ARGS`` on CPU (gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node=2", "-m", "kdgen", *args]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        torchrun_command(args), env=torchrun_env(env), capture_output=True, text=True, timeout=300
+    )
 
 
 def train_args(out: Path, *extra: str) -> list[str]:
@@ -98,6 +110,42 @@ def test_resume_of_an_interrupted_distributed_run(two_process_run: Path, tmp_pat
         for split in ("val", "test"):
             assert a[split]["top1"] == b[split]["top1"]
             assert a[split]["nll"] == pytest.approx(b[split]["nll"], abs=1e-6)
+
+
+def test_sigterm_under_torchrun_saves_mid_epoch_and_resumes_exactly(tmp_path: Path) -> None:
+    """torchrun passes a SIGTERM on to both ranks; they agree on one step, rank 0 saves a
+    mid-epoch state with both ranks' sums, and the resumed run ends as an uninterrupted one."""
+    args = ["generations=0", "schedule.epochs=2", "data.batch_size=4"]  # 175 steps an epoch
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    process = subprocess.Popen(
+        torchrun_command(train_args(run, *args)),
+        env=torchrun_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    state = run / "run.json"
+    while time.monotonic() < deadline and process.poll() is None:  # wait for epoch 1's save
+        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)  # a few steps into epoch 2 (of 175, at least 10 ms each)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0, err[-3000:]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step"] > 0) == (1, True), (saved["epoch"], saved["step"])
+    assert len(saved["partial"]["ranks"]) == 2
+    assert json.loads(state.read_text())["status"] == "interrupted"
+    assert "interrupted by SIGTERM at generation 0, epoch 2" in err
+
+    resumed = torchrun(["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = torchrun(train_args(ref, *args))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    ours = json.loads((run / "summary.json").read_text())["generations"]
+    assert ours == json.loads((ref / "summary.json").read_text())["generations"]
 
 
 def test_batch_must_divide_by_the_ranks(tmp_path: Path) -> None:

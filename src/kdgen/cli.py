@@ -65,12 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _stop_signals() -> contextlib.AbstractContextManager[None]:
-    """SIGTERM/SIGINT handlers that stop training gracefully, in a single process only:
-    the ranks of a torchrun job could see a signal at different steps."""
+    """SIGTERM/SIGINT handlers that stop training gracefully after a resumable save; under
+    torchrun (which passes its SIGTERM on to every rank) the ranks agree on the step."""
     from kdgen import preemption
 
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        return contextlib.nullcontext()
     return preemption.handle_signals()
 
 

@@ -69,6 +69,32 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, value: T) -> list[T]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def agreed(self, predicate: Callable[[], bool]) -> Callable[[], bool]:
+        """``predicate`` made collective: true on every rank once it is true on any, for a
+        stop signal that reaches the ranks at different moments. Every rank must call the
+        result at the same points. Each call is one all-reduce of one number on the CPU
+        (through gloo, a group of its own under NCCL), so it never waits for the device;
+        with one process it is ``predicate`` itself."""
+        if not self.active:
+            return predicate
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        flag = torch.zeros(1)
+
+        def any_rank() -> bool:
+            flag.fill_(1.0 if predicate() else 0.0)
+            dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=group)
+            return bool(flag.item() > 0)
+
+        return any_rank
+
     def run_on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 and return its result on every rank; an exception it raises
         is raised on every rank, so no rank is left waiting for the others."""

@@ -172,7 +172,9 @@ class EpochProgress:
 
     A state saved mid-epoch holds these, so a resume skips the batches already trained on
     (drawing them, so the epoch's generator advances exactly as before) and continues the
-    sums: the epoch's metrics are those of an uninterrupted epoch.
+    sums: the epoch's metrics are those of an uninterrupted epoch. With several ranks the
+    sums are each rank's own (they are added up at the epoch's end), so the state keeps
+    every rank's under ``"ranks"``.
     """
 
     step: int = 0
@@ -199,23 +201,43 @@ class EpochProgress:
         self.correct += (logits.detach().argmax(dim=1) == targets).sum()
         self.seen += count
 
-    def to_state(self) -> dict[str, Any]:
-        """A weights-only-loadable record of this progress (sums copied to the CPU)."""
+    def to_state(self, dist: Distributed = SINGLE) -> dict[str, Any]:
+        """A weights-only-loadable record of this progress (sums copied to the CPU): this
+        rank's, and with several ranks every rank's under ``"ranks"`` (a collective: every
+        rank calls it)."""
         assert self.correct is not None
-        return {
+        state: dict[str, Any] = {
             "step": self.step,
             "loss_sums": {name: value.detach().cpu() for name, value in self.loss_sums.items()},
             "correct": self.correct.detach().cpu(),
             "seen": self.seen,
         }
+        if dist.active:
+            state["ranks"] = dist.all_gather_object(state)
+        return state
 
     @classmethod
-    def from_state(cls, state: dict[str, Any] | None) -> EpochProgress:
+    def from_state(cls, state: dict[str, Any] | None, dist: Distributed = SINGLE) -> EpochProgress:
+        """This rank's progress in a saved state: its own sums when the state was saved by
+        as many ranks; else rank 0 continues the sums of all the saved ranks and the others
+        start theirs at zero, so the epoch's totals are still whole."""
         if not state:
             return cls()
-        # States saved before the loss parts were logged hold the total alone.
-        sums = state.get("loss_sums") or {"loss": state["loss_sum"]}
-        return cls(state["step"], dict(sums), state["correct"], state["seen"])
+        saved = [_loss_sums(s) for s in state.get("ranks") or [state]]
+        if len(saved) == dist.world_size:
+            mine = saved[dist.rank]
+        elif dist.is_main():
+            mine = {
+                "loss_sums": {
+                    name: sum(s["loss_sums"][name].double() for s in saved).float()
+                    for name in saved[0]["loss_sums"]
+                },
+                "correct": sum(s["correct"] for s in saved),
+                "seen": sum(s["seen"] for s in saved),
+            }
+        else:
+            return cls(state["step"])
+        return cls(state["step"], dict(mine["loss_sums"]), mine["correct"], mine["seen"])
 
     def totals(self, dist: Distributed, device: torch.device) -> dict[str, float]:
         """The epoch's mean loss, mean parts and top-1, summed over the ranks (one sync)."""
@@ -228,6 +250,12 @@ class EpochProgress:
         count = max(count, 1)
         means = {name: total / count for name, total in zip(names, sums, strict=True)}
         return {**means, "top1": correct / count}
+
+
+def _loss_sums(state: dict[str, Any]) -> dict[str, Any]:
+    """A saved progress with its ``loss_sums`` (states saved before the loss parts were
+    logged hold the total alone, as ``loss_sum``)."""
+    return {**state, "loss_sums": state.get("loss_sums") or {"loss": state["loss_sum"]}}
 
 
 def _never() -> bool:
@@ -440,7 +468,7 @@ def train_generation(
         scheduler.load_state_dict(resume_state["scheduler"])
         restore_rng_state(resume_state)
         start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
-        partial = EpochProgress.from_state(resume_state.get("partial"))
+        partial = EpochProgress.from_state(resume_state.get("partial"), dist)
     epoch = start_epoch
     net = dist.wrap(model, sync_batchnorm)
     if compile_model:  # compile time shows as the first epoch's extra seconds in the log
@@ -493,7 +521,7 @@ def train_generation(
             guard,
         )
         if metrics is None:  # stopped inside the epoch: save where it stands, then stop
-            save({"step": partial.step, "partial": partial.to_state()})
+            save({"step": partial.step, "partial": partial.to_state(dist)})
             bar.close()
             raise TrainingStopped(generation, epoch + 1, partial.step)
         train_metrics, partial = metrics, EpochProgress()

@@ -681,12 +681,14 @@ def _run_generations(
     dist: Distributed = SINGLE,
 ) -> None:
     """Train (or load, if done) each generation; M_g is frozen as a teacher only when
-    M_{g+1}'s loss uses one (:func:`uses_teacher`)."""
+    M_{g+1}'s loss uses one (:func:`uses_teacher`). A stop signal on any rank stops every
+    rank at the same step (:meth:`Distributed.agreed`)."""
+    stop_requested = dist.agreed(preemption.stop_requested)
     done = {entry["generation"] for entry in summary["generations"]}
     channels_last = numerics.channels_last
     teacher: nn.Module | None = None
     for generation in range(config.generations + 1):
-        if generation not in done and preemption.stop_requested():
+        if generation not in done and stop_requested():
             raise TrainingStopped(generation, 0, 0)  # between generations: nothing to save
         teaches = generation < config.generations and uses_teacher(config, generation + 1)
         if generation in done and folder.generation_checkpoint(generation).exists():
@@ -722,7 +724,7 @@ def _run_generations(
                 progress=config.progress and dist.is_main(),
                 dist=dist,
                 sync_batchnorm=config.sync_batchnorm,
-                stop_requested=preemption.stop_requested,
+                stop_requested=stop_requested,
                 max_grad_norm=config.max_grad_norm,
                 check_every=config.check_every,
                 compile_model=config.compile,
