@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wall time of one smoke sweep (3 processes x 2 seeds = 6 runs) with --jobs 1 and with
-# --jobs 2, interleaved (1, 2, 1, 2, ...) so that a change in the machine's load hits both
-# alike; prints each time, the sums and the speed-up (jobs 1 time / jobs 2 time).
+# --jobs 2, interleaved in ABBA order (1 2, 2 1, ...) so that a change in the machine's
+# load hits both alike; prints each time, the sums and the speed-up (jobs 1 / jobs 2).
 #
 #   bash benchmarks/sweep_jobs.sh [ROUNDS [key=value ...]]
 #
@@ -32,8 +32,13 @@ add() { awk -v a="$1" -v b="$2" 'BEGIN { print a + b }'; }
 total1=0
 total2=0
 for round in $(seq 1 "$rounds"); do
-    t1=$(seconds 1 "$out/jobs1-round$round")
-    t2=$(seconds 2 "$out/jobs2-round$round")
+    if ((round % 2)); then  # ABBA order: a trend in the load hits both alike
+        t1=$(seconds 1 "$out/jobs1-round$round")
+        t2=$(seconds 2 "$out/jobs2-round$round")
+    else
+        t2=$(seconds 2 "$out/jobs2-round$round")
+        t1=$(seconds 1 "$out/jobs1-round$round")
+    fi
     printf 'round %d: --jobs 1 %.1f s, --jobs 2 %.1f s\n' "$round" "$t1" "$t2"
     total1=$(add "$total1" "$t1")
     total2=$(add "$total2" "$t2")
