@@ -56,11 +56,15 @@ def test_run_folder_and_summary(fast_config: Callable[..., Config]) -> None:
     assert folder.read_state()["status"] == "finished"
 
 
-def test_same_config_and_seed_give_the_same_metrics(fast_config: Callable[..., Config]) -> None:
-    first = train_generations(fast_config(out="a"))
-    second = train_generations(fast_config(out="b"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_config_and_seed_give_the_same_metrics(
+    fast_config: Callable[..., Config], precision: str
+) -> None:
+    first = train_generations(fast_config(f"precision={precision}", out="a"))
+    second = train_generations(fast_config(f"precision={precision}", out="b"))
     assert first.summary == second.summary
-    third = train_generations(fast_config("seed=1", out="c"))
+    assert first.summary["precision"] == precision
+    third = train_generations(fast_config(f"precision={precision}", "seed=1", out="c"))
     assert third.summary["generations"] != first.summary["generations"]
 
 

@@ -20,7 +20,7 @@ from tests.conftest import FAST
 ARGS = ["smoke", *FAST, "schedule.epochs=3", "generations=2", "data.batch_size=10"]
 
 
-def _launch(run: Path) -> subprocess.Popen[bytes]:
+def _launch(run: Path, *extra: str) -> subprocess.Popen[bytes]:
     resume = ["--resume", str(run)] if (run / "config.yaml").exists() else ["--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -28,17 +28,17 @@ def _launch(run: Path) -> subprocess.Popen[bytes]:
         "-m",
         "kdgen",
         "train",
-        *(ARGS if resume[0] != "--resume" else []),
+        *([*ARGS, *extra] if resume[0] != "--resume" else []),
     ]
     return subprocess.Popen(
         [*command, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
     )
 
 
-def _uninterrupted(run: Path) -> dict:
+def _uninterrupted(run: Path, *extra: str) -> dict:
     """The reference summary, from a child process with the same environment (thread count
     included) as the killed ones, so float results are comparable bit for bit."""
-    process = _launch(run)
+    process = _launch(run, *extra)
     _, err = process.communicate(timeout=180)
     assert process.returncode == 0, err.decode()
     return json.loads((run / "summary.json").read_text())
@@ -66,14 +66,16 @@ def _phase(run: Path) -> str:
     return f"generation {state['generation']}, epoch {state['epoch']}, step {state['step']}"
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_random_kills_then_resume_give_the_uninterrupted_summary(tmp_path: Path, seed: int) -> None:
-    reference = _uninterrupted(tmp_path / "ref")
+@pytest.mark.parametrize(("seed", "precision"), [(0, "fp32"), (1, "bf16")])
+def test_random_kills_then_resume_give_the_uninterrupted_summary(
+    tmp_path: Path, seed: int, precision: str
+) -> None:
+    reference = _uninterrupted(tmp_path / "ref", f"precision={precision}")
     rng = random.Random(seed)
     run, kills, phases, with_temp = tmp_path / "run", 0, [], 0
     while True:
         since = time.time() - 0.01
-        process = _launch(run)
+        process = _launch(run, f"precision={precision}")
         if kills < 5:
             _wait_until_training(run, process, since)
             time.sleep(rng.uniform(0.0, 1.2))

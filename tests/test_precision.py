@@ -136,3 +136,23 @@ def test_resume_reuses_the_recorded_numerics(
         assert generations.run_numerics(config, CPU, state) == expected
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
     assert generations.run_numerics(config, CPU, {}) == Numerics("bf16", False)
+
+
+def test_bf16_evaluation_rounds_like_bf16_and_returns_float32() -> None:
+    """bf16 autocast really runs (logits move by bf16 rounding, ~1e-2 relative, not 0 and
+    not more), and the logits come back as float32."""
+    from kdgen.data.base import ImageSplit
+    from kdgen.data.tensors import DeviceLoader
+    from kdgen.engine import predict
+    from kdgen.models import create_model
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    split = ImageSplit(images, torch.zeros(16, dtype=torch.long))
+    loader = DeviceLoader(split, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), channels_last=False)
+    model = create_model("tiny_cnn", 10, 3)
+    full, _ = predict(model, loader, "fp32")
+    half, _ = predict(model, loader, "bf16")
+    assert half.dtype == torch.float32
+    error = float((half - full).norm() / full.norm())
+    assert 1e-4 < error < 5e-2, error

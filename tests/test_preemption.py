@@ -39,11 +39,12 @@ def _stop_after(polls: int) -> Callable[[], bool]:
 
 
 @pytest.mark.parametrize(
-    ("polls", "where"),
+    ("polls", "where", "precision"),
     [
-        (6, (0, 1, 5)),  # inside gen 0's first epoch, after its 5th step
-        (15, (0, 1, 14)),  # at the end of gen 0's first epoch
-        (29, (1, 0, 0)),  # between generations 0 and 1
+        (6, (0, 1, 5), "fp32"),  # inside gen 0's first epoch, after its 5th step
+        (6, (0, 1, 5), "bf16"),
+        (15, (0, 1, 14), "bf16"),  # at the end of gen 0's first epoch
+        (29, (1, 0, 0), "bf16"),  # between generations 0 and 1
     ],
 )
 def test_stop_then_resume_matches_an_uninterrupted_run(
@@ -51,11 +52,12 @@ def test_stop_then_resume_matches_an_uninterrupted_run(
     monkeypatch: pytest.MonkeyPatch,
     polls: int,
     where: tuple[int, int, int],
+    precision: str,
 ) -> None:
-    reference = train_generations(fast_config(out="ref"))
+    reference = train_generations(fast_config(f"precision={precision}", out="ref"))
     monkeypatch.setattr(preemption, "stop_requested", _stop_after(polls))
     with pytest.raises(TrainingStopped) as stopped:
-        train_generations(fast_config(out="run"))
+        train_generations(fast_config(f"precision={precision}", out="run"))
     monkeypatch.undo()
     assert (stopped.value.generation, stopped.value.epoch, stopped.value.step) == where
     folder = RunFolder(reference.path.with_name("run"))
@@ -64,7 +66,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(
     if where[2] not in (0, 14):
         saved = load_checkpoint(folder.last_checkpoint)
         assert (saved["generation"], saved["epoch"], saved["step"]) == (0, 0, where[2])
-    resumed = train_generations(fast_config(out="run"), resume=True)
+    resumed = train_generations(fast_config(f"precision={precision}", out="run"), resume=True)
     assert resumed.summary == reference.summary
     assert folder.summary_path.read_bytes() == (reference.path / "summary.json").read_bytes()
 
