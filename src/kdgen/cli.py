@@ -255,10 +255,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from kdgen.models import list_models
+    from kdgen.models import list_models, prefix_sources
 
     print("\n".join(list_models()))
-    print("tv:<name>  any torchvision classification model, e.g. tv:resnet18")
+    for source in prefix_sources():
+        if not source.available():
+            print(f"{source.prefix}<name>  {source.description} (needs: {source.install})")
+        elif args.all:
+            print("\n".join(source.prefix + name for name in source.names()))
+        else:
+            print(f"{source.prefix}<name>  {source.description} ({len(source.names())} models)")
     return 0
 
 
@@ -391,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.set_defaults(func=cmd_transfer)
 
     sub.add_parser("presets", help="list the shipped presets").set_defaults(func=cmd_presets)
-    sub.add_parser("models", help="list the model names").set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="list the model names")
+    models.add_argument(
+        "--all", action="store_true", help="also list every tv:<name> and timm:<name> model"
+    )
+    models.set_defaults(func=cmd_models)
     status = sub.add_parser(
         "status", help="a run folder's state and progress, or a table of a sweep's runs"
     )

@@ -81,6 +81,8 @@ class Config:
 
     name: str = "run"
     model: str = "resnet20"
+    # Keyword arguments of the model's factory, e.g. {dropout: 0.3} for a WRN or DenseNet.
+    model_args: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
@@ -420,11 +422,12 @@ def load_config_file(path: Path) -> Config:
 NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every", "compile")
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
-LATER_KEY_DEFAULTS = {
+LATER_KEY_DEFAULTS: dict[str, Any] = {
     "sync_batchnorm": True,
     "max_grad_norm": None,
     "precision": "auto",
     "amp": None,
+    "model_args": {},
 }
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 

@@ -1,5 +1,5 @@
 """``kdgen export``: each generation's weights as safetensors, with the metadata needed to
-rebuild the model (``create_model(model, num_classes, in_channels)``)."""
+rebuild the model (``create_model(model, num_classes, in_channels, **model_args)``)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _metadata(payload: dict[str, Any], classes: list[str] | None) -> dict[str, s
     return {
         "format": "pt",
         "model": str(payload["model_name"]),
+        "model_args": json.dumps(payload.get("model_args", {})),
         "num_classes": str(payload["num_classes"]),
         "in_channels": str(payload["in_channels"]),
         "generation": str(payload["generation"]),
@@ -80,7 +81,10 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, dict[str, str]]:
         metadata = file.metadata()
     state = _safetensors().load_file(str(path))
     model = create_model(
-        metadata["model"], int(metadata["num_classes"]), int(metadata["in_channels"])
+        metadata["model"],
+        int(metadata["num_classes"]),
+        int(metadata["in_channels"]),
+        **json.loads(metadata.get("model_args", "{}")),
     )
     model.load_state_dict(state)
     return model.eval(), metadata

@@ -200,7 +200,9 @@ def build_model(
     Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
     says)."""
     torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
-    model = create_model(config.model, dataset.num_classes, dataset.in_channels)
+    model = create_model(
+        config.model, dataset.num_classes, dataset.in_channels, **config.model_args
+    )
     model = model.to(device)
     if channels_last is None:
         channels_last = resolve_channels_last(config.channels_last, device)
@@ -456,6 +458,7 @@ def _model_checkpoint(
         "config_hash": digest,
         "generation": generation,
         "model_name": config.model,
+        "model_args": dict(config.model_args),
         "model": model.state_dict(),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,

@@ -20,15 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import check_positive_int, kaiming_init, register_model
+from kdgen.models.layers import check_positive_int, conv3x3, kaiming_init
+from kdgen.models.registry import register_model
 
 STAGE_WIDTHS = (16, 32, 64)
 DEPTHS = (8, 14, 20, 32, 44, 56, 110)
-
-
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias (a BatchNorm follows)."""
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 class PadShortcut(nn.Module):
@@ -53,9 +49,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
@@ -73,7 +69,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, STAGE_WIDTHS[0])
+        self.conv1 = conv3x3(in_channels, STAGE_WIDTHS[0])
         self.bn1 = nn.BatchNorm2d(STAGE_WIDTHS[0])
         in_planes = STAGE_WIDTHS[0]
         stages = []

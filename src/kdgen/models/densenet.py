@@ -27,16 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import check_positive_int, kaiming_init, register_model
-
-
-def check_dropout(dropout: object) -> float:
-    """Return ``dropout`` if it is a number in ``[0, 1)``, else raise ConfigError."""
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
+from kdgen.models.layers import check_dropout, check_fraction, check_positive_int, kaiming_init
+from kdgen.models.registry import register_model
 
 
 class Bottleneck(nn.Module):
@@ -135,27 +127,28 @@ def densenet_bc(
     check_positive_int("growth_rate", growth_rate)
     check_positive_int("num_classes", num_classes)
     check_positive_int("in_channels", in_channels)
-    if isinstance(compression, bool) or not isinstance(compression, (int, float)):
-        raise ConfigError(f"compression must be a number in (0, 1], got {compression!r}")
-    if not 0.0 < compression <= 1.0:
-        raise ConfigError(f"compression must be a number in (0, 1], got {compression!r}")
+    compression = check_fraction("compression", compression, low_open=True, high_open=False)
     return DenseNetBC(
         (depth - 4) // 6,
         growth_rate,
         num_classes=num_classes,
         in_channels=in_channels,
-        compression=float(compression),
+        compression=compression,
         dropout=check_dropout(dropout),
     )
 
 
 @register_model("densenet_bc_100_12")
-def densenet_bc_100_12(num_classes: int = 10, in_channels: int = 3) -> DenseNetBC:
+def densenet_bc_100_12(
+    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
+) -> DenseNetBC:
     """DenseNet-BC with L=100, k=12 (0.8M parameters in the paper)."""
-    return densenet_bc(100, 12, num_classes, in_channels)
+    return densenet_bc(100, 12, num_classes, in_channels, dropout=dropout)
 
 
 @register_model("densenet_bc_190_40")
-def densenet_bc_190_40(num_classes: int = 10, in_channels: int = 3) -> DenseNetBC:
+def densenet_bc_190_40(
+    num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
+) -> DenseNetBC:
     """DenseNet-BC with L=190, k=40 (25.6M parameters in the paper)."""
-    return densenet_bc(190, 40, num_classes, in_channels)
+    return densenet_bc(190, 40, num_classes, in_channels, dropout=dropout)

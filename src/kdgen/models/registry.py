@@ -1,36 +1,98 @@
-"""The model registry: a name maps to a factory ``(num_classes, in_channels) -> nn.Module``.
+"""The model registry: a name maps to a factory ``(num_classes, in_channels, **args)``.
 
-A new model family is one module that decorates its factories with :func:`register_model`,
-plus one import line in :mod:`kdgen.models` so the decorators run.
+Two kinds of entries, in one place:
+
+- kdgen's own families: a module decorates its factories with :func:`register_model`,
+  plus one import line in :mod:`kdgen.models` so the decorators run;
+- whole libraries behind a prefix (``tv:<name>``, ``timm:<name>``): a module calls
+  :func:`register_prefix` with the library's builder and its list of names.
+
+Factory keyword arguments come from the config's ``model_args`` (e.g. ``dropout``);
+:func:`build` refuses, with one line, an argument that the factory does not take.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from kdgen.errors import ConfigError
+from kdgen.models.layers import check_positive_int, kaiming_init
 
-ModelFactory = Callable[[int, int], nn.Module]
+__all__ = [
+    "ModelFactory",
+    "PrefixSource",
+    "build",
+    "check_positive_int",
+    "get_factory",
+    "kaiming_init",
+    "prefix_sources",
+    "register_model",
+    "register_prefix",
+    "registered_names",
+    "unknown_name_error",
+    "unknown_with_suggestions",
+]
+
+ModelFactory = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, ModelFactory] = {}
 
 SEE_ALSO = "(see: kdgen models)"
 
 
+@dataclass(frozen=True)
+class PrefixSource:
+    """A library of models reached by ``<prefix><name>``.
+
+    ``create(name, num_classes, in_channels, **args)`` builds one (``name`` without the
+    prefix); ``names()`` lists them (it may raise ConfigError when the library is missing);
+    ``description`` is the line ``kdgen models`` prints for the source, ``available()``
+    whether its library is installed and ``install`` how to install it when it is not.
+    """
+
+    prefix: str
+    create: ModelFactory
+    names: Callable[[], list[str]]
+    description: str
+    available: Callable[[], bool] = lambda: True
+    install: str = ""
+
+
+_PREFIXES: dict[str, PrefixSource] = {}
+
+
+def register_prefix(source: PrefixSource) -> PrefixSource:
+    """Make every model of ``source`` reachable as ``<source.prefix><name>``."""
+    if source.prefix in _PREFIXES:
+        raise ValueError(f"model prefix {source.prefix!r} is registered twice")
+    if any(name.startswith(source.prefix) for name in _REGISTRY):
+        raise ValueError(f"a registered model name starts with {source.prefix!r}")
+    _PREFIXES[source.prefix] = source
+    return source
+
+
+def prefix_sources() -> list[PrefixSource]:
+    """The registered prefix sources, in registration order."""
+    return list(_PREFIXES.values())
+
+
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Return a decorator that registers a factory ``f(num_classes, in_channels)`` as ``name``."""
+    """Return a decorator that registers a factory ``f(num_classes, in_channels, **args)``
+    as ``name``."""
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
-        if name.startswith("tv:"):
-            raise ValueError("the 'tv:' prefix is reserved for torchvision models")
-        if name.startswith("timm:"):
-            raise ValueError("the 'timm:' prefix is reserved for timm models")
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                raise ValueError(f"the '{prefix}' prefix is reserved for a model library")
         _REGISTRY[name] = factory
         return factory
 
@@ -43,13 +105,44 @@ def _natural_key(name: str) -> list[str | int]:
 
 
 def registered_names() -> list[str]:
-    """The names of every registered (non-torchvision) model, in natural order."""
+    """The names of every registered kdgen model (not the prefixed ones), in natural order."""
     return sorted(_REGISTRY, key=_natural_key)
 
 
 def get_factory(name: str) -> ModelFactory | None:
     """The factory registered as ``name``, or None."""
     return _REGISTRY.get(name)
+
+
+def _check_arguments(name: str, factory: ModelFactory, args: dict[str, Any]) -> None:
+    """Refuse keyword arguments that ``factory`` does not take, naming those it does."""
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in parameters if p not in ("num_classes", "in_channels")]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes none"
+        raise ConfigError(f"model {name} takes no argument {', '.join(unknown)} ({takes})")
+
+
+def build(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    args: dict[str, Any],
+    unknown: Callable[[str], Exception],
+) -> nn.Module:
+    """Build ``name``: a prefixed library model or a registered one; ``unknown(name)`` is
+    the error raised for a name that is neither."""
+    for prefix, source in _PREFIXES.items():
+        if name.startswith(prefix):
+            return source.create(name[len(prefix) :], num_classes, in_channels, **args)
+    factory = get_factory(name)
+    if factory is None:
+        raise unknown(name)
+    _check_arguments(name, factory, args)
+    return factory(num_classes, in_channels, **args)
 
 
 def unknown_name_error(kind: str, name: str, candidates: list[str]) -> ConfigError:
@@ -62,20 +155,3 @@ def unknown_with_suggestions(kind: str, name: str, suggestions: list[str]) -> Co
     """A one-line ConfigError for an unknown ``name`` listing ``suggestions`` (if any)."""
     hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else ""
     return ConfigError(f"unknown {kind} {name!r}{hint} {SEE_ALSO}")
-
-
-def check_positive_int(key: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1, else raise ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def kaiming_init(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out) convs, BatchNorm to identity; Linear keeps its default."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)

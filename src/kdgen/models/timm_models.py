@@ -5,7 +5,8 @@ in_chans=...)`` and wrapped in :class:`TimmClassifier`: ``forward`` is timm's ow
 ``forward_features`` is ``forward_head(forward_features(x), pre_logits=True)`` (the pooled
 penultimate features, flattened to ``(N, D)``), ``fc`` is timm's ``get_classifier()`` (which
 must be one ``nn.Linear`` with ``num_classes`` outputs) and ``num_features`` its input size.
-timm is optional: ``pip install 'kdgen[timm]'`` (or ``pip install timm``).
+Model arguments (the config's ``model_args``) go to ``timm.create_model``, e.g.
+``{drop_rate: 0.2}``. timm is optional: ``pip install 'kdgen[timm]'`` (or ``pip install timm``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import unknown_with_suggestions
+from kdgen.models.registry import PrefixSource, register_prefix, unknown_with_suggestions
 
 PREFIX = "timm:"
 
@@ -57,14 +58,44 @@ class TimmClassifier(nn.Module):
         return self.model(x)
 
 
-def create_timm_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+def timm_available() -> bool:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def timm_names() -> list[str]:
+    """Names of timm's models (ConfigError with an install hint without timm)."""
+    return list(_import_timm("<name>").list_models())
+
+
+def create_timm_model(name: str, num_classes: int, in_channels: int, **args: object) -> nn.Module:
     """Build timm's ``name`` (no pretrained weights) as a :class:`TimmClassifier`."""
     timm = _import_timm(name)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise unknown_with_suggestions("timm model", PREFIX + name, [PREFIX + c for c in close])
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    try:
+        model = timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **args
+        )
+    except TypeError as error:  # an argument the model does not take
+        raise ConfigError(f"{PREFIX}{name}: {error}") from None
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear) or classifier.out_features != num_classes:
         raise ConfigError(f"{PREFIX}{name} has no single nn.Linear classifier; kdgen cannot use it")
     return TimmClassifier(model)
+
+
+register_prefix(
+    PrefixSource(
+        PREFIX,
+        create_timm_model,
+        timm_names,
+        "any timm model, e.g. timm:resnet18",
+        timm_available,
+        "pip install 'kdgen[timm]'",
+    )
+)

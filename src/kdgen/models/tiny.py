@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdgen.models.registry import check_positive_int, register_model
+from kdgen.models.layers import check_positive_int
+from kdgen.models.registry import register_model
 
 WIDTHS = (16, 32, 64)
 

@@ -5,7 +5,8 @@ Its final ``nn.Linear`` (the last one registered, which must output ``num_classe
 to the wrapper's ``fc`` and replaced by ``nn.Identity`` in place, so the remaining body
 computes exactly what that Linear received: the penultimate features. For ``in_channels != 3``
 the first ``nn.Conv2d`` with 3 input channels is swapped for a fresh one with the same
-hyper-parameters and the requested number of input channels.
+hyper-parameters and the requested number of input channels. Model arguments (the config's
+``model_args``) go to ``get_model``, e.g. ``{dropout: 0.2}`` for ``tv:efficientnet_b0``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import unknown_name_error
+from kdgen.models.registry import PrefixSource, register_prefix, unknown_name_error
 
 PREFIX = "tv:"
 # Models whose auxiliary classifiers would make the training-mode output a tuple.
@@ -82,19 +83,25 @@ class TorchvisionClassifier(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def create_torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    """Build torchvision's ``name`` (no weights) as a :class:`TorchvisionClassifier`."""
+def create_torchvision_model(
+    name: str, num_classes: int, in_channels: int, **args: object
+) -> nn.Module:
+    """Build torchvision's ``name`` (no weights) as a :class:`TorchvisionClassifier`;
+    ``args`` go to ``torchvision.models.get_model``."""
     import torchvision
 
     names = torchvision_names()
     if name not in names:
         candidates = [PREFIX + n for n in names]
         raise unknown_name_error("torchvision model", PREFIX + name, candidates)
-    kwargs: dict[str, object] = {"weights": None, "num_classes": num_classes}
+    kwargs: dict[str, object] = {**args, "weights": None, "num_classes": num_classes}
     if name in _NO_AUX:
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    model = torchvision.models.get_model(name, **kwargs)
+    try:
+        model = torchvision.models.get_model(name, **kwargs)
+    except TypeError as error:  # an argument the model does not take
+        raise ConfigError(f"{PREFIX}{name}: {error}") from None
     if in_channels != 3:
         _swap_input_conv(model, in_channels, name)
     found = _last_linear(model)
@@ -103,3 +110,13 @@ def create_torchvision_model(name: str, num_classes: int, in_channels: int) -> n
     dotted, fc = found
     _set_submodule(model, dotted, nn.Identity())
     return TorchvisionClassifier(model, fc)
+
+
+register_prefix(
+    PrefixSource(
+        PREFIX,
+        create_torchvision_model,
+        torchvision_names,
+        "any torchvision classification model, e.g. tv:resnet18",
+    )
+)

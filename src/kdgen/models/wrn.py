@@ -24,15 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.densenet import check_dropout
-from kdgen.models.registry import check_positive_int, kaiming_init, register_model
+from kdgen.models.layers import check_dropout, check_positive_int, conv3x3, kaiming_init
+from kdgen.models.registry import register_model
 
 BASE_WIDTHS = (16, 32, 64)
-
-
-def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias."""
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 class WideBasicBlock(nn.Module):
@@ -41,9 +36,9 @@ class WideBasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes)
+        self.conv2 = conv3x3(planes, planes)
         self.dropout = dropout
         self.shortcut: nn.Conv2d | None = None
         if stride != 1 or in_planes != planes:
@@ -71,7 +66,7 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, BASE_WIDTHS[0])
+        self.conv1 = conv3x3(in_channels, BASE_WIDTHS[0])
         in_planes = BASE_WIDTHS[0]
         stages = []
         for index, base in enumerate(BASE_WIDTHS):
@@ -125,18 +120,18 @@ def wide_resnet(
 
 
 @register_model("wrn_16_8")
-def wrn_16_8(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+def wrn_16_8(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
     """WRN-16-8 (11.0M parameters in the paper)."""
-    return wide_resnet(16, 8, num_classes=num_classes, in_channels=in_channels)
+    return wide_resnet(16, 8, dropout, num_classes, in_channels)
 
 
 @register_model("wrn_28_10")
-def wrn_28_10(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+def wrn_28_10(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
     """WRN-28-10 (36.5M parameters in the paper)."""
-    return wide_resnet(28, 10, num_classes=num_classes, in_channels=in_channels)
+    return wide_resnet(28, 10, dropout, num_classes, in_channels)
 
 
 @register_model("wrn_40_2")
-def wrn_40_2(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+def wrn_40_2(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
     """WRN-40-2 (2.2M parameters in the paper)."""
-    return wide_resnet(40, 2, num_classes=num_classes, in_channels=in_channels)
+    return wide_resnet(40, 2, dropout, num_classes, in_channels)
