@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdgen import engine, generations, preemption
+from kdgen import engine, generations, preemption, runs
 from kdgen.cli import main
 from kdgen.config import Config, config_hash
 from kdgen.errors import CheckpointError
@@ -143,10 +143,10 @@ def test_resumable_checkpoint_contents_and_config_check(
 
     other = fast_config("process=D(0.7,0.6)", out="run")
     with pytest.raises(CheckpointError, match=r"another config \(eta: 0\.6 -> 0\.7"):
-        generations._resume_state(folder, 0, config_hash(other), other)
+        folder.resume_state(0, config_hash(other), other)
     incomplete = {k: v for k, v in state.items() if k != "scheduler"}
     with pytest.raises(CheckpointError, match="lacks scheduler"):
-        generations.check_resume_state(incomplete, folder.last_checkpoint, state["config_hash"])
+        runs.check_resume_state(incomplete, folder.last_checkpoint, state["config_hash"])
 
 
 def test_cpu_state_has_no_cuda_rng_and_restores_without_it() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdgen.errors import KdgenError, RunDirError
+from kdgen.errors import KdgenError
 from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
@@ -40,13 +40,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdgen.config import build_config
     from kdgen.generations import train_generations
     from kdgen.report import generations_table
+    from kdgen.runs import RunFolder
 
     source, overrides = _split_overrides(args.config, args.overrides)
     if args.resume:
-        run_config = Path(args.resume) / "config.yaml"
-        if not run_config.exists():
-            raise RunDirError(f"cannot resume: {args.resume} holds no run (no config.yaml)")
-        config = build_config(source or str(run_config), [*overrides, f"out_dir={args.resume}"])
+        folder = RunFolder(args.resume)
+        folder.require_run("cannot resume: ")
+        config = build_config(
+            source or str(folder.config_path), [*overrides, f"out_dir={args.resume}"]
+        )
     else:
         if source is None:
             raise KdgenError("kdgen train needs a config file or preset (see: kdgen presets)")

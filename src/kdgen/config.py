@@ -175,6 +175,10 @@ def _load_source(source: str) -> DictConfig:
         text = path.read_text()
     else:
         text = _preset_text(source)
+    return _parse_yaml(text, source)
+
+
+def _parse_yaml(text: str, source: str) -> DictConfig:
     try:
         loaded = OmegaConf.create(text)
     except Exception as error:  # yaml errors come in several types
@@ -182,6 +186,13 @@ def _load_source(source: str) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config '{source}' must be a mapping of keys to values")
     return loaded
+
+
+def config_from_yaml(text: str, source: str = "<yaml>") -> Config:
+    """A validated Config from YAML text (a run's ``config.yaml``, or the copy a checkpoint
+    holds); ``source`` names it in error messages."""
+    config: Config = _merge_to_object(OmegaConf.structured(Config), _parse_yaml(text, source))
+    return validate(config)
 
 
 def _one_line(error: BaseException) -> str:
@@ -413,11 +424,6 @@ def to_dict(config: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
 
 
-def load_config_file(path: Path) -> Config:
-    """Read back a run folder's ``config.yaml``."""
-    return build_config(str(path))
-
-
 # Keys that do not change what is trained: they may differ between a run and its resume.
 NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every", "compile")
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
@@ -477,6 +483,7 @@ __all__ = [
     "build_config",
     "config_diff",
     "config_from_dict",
+    "config_from_yaml",
     "config_hash",
     "effective_lr",
     "format_process",

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kdgen.config import build_config, config_hash
+from kdgen.config import config_hash
 from kdgen.engine import evaluate
 from kdgen.errors import CheckpointError, RunDirError
 from kdgen.generations import (
@@ -19,7 +19,7 @@ from kdgen.generations import (
     run_numerics,
     summary_header,
 )
-from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint
+from kdgen.runs import RunFolder, atomic_write_json, check_identity, load_checkpoint
 
 
 def load_generation_model(
@@ -27,9 +27,7 @@ def load_generation_model(
 ) -> torch.nn.Module:
     """The final model of one generation of a run, in eval mode."""
     folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
-    config = build_config(str(folder.config_path))
+    config = folder.read_config()
     dataset = load_data(config)
     return _load_model(folder, config, dataset, generation, torch.device(device))
 
@@ -37,13 +35,12 @@ def load_generation_model(
 def _load_model(folder, config, dataset, generation, device) -> torch.nn.Module:  # type: ignore[no-untyped-def]
     path = folder.generation_checkpoint(generation)
     payload = load_checkpoint(path)
-    expected = (config.model, dataset.num_classes, dataset.in_channels)
-    found = (payload.get("model_name"), payload.get("num_classes"), payload.get("in_channels"))
-    if found != expected:
-        raise CheckpointError(
-            f"{path} holds model {found[0]} with {found[1]} classes and {found[2]} channels; "
-            f"the run needs {expected[0]} with {expected[1]} classes and {expected[2]} channels"
-        )
+    expected = {
+        "model_name": config.model,
+        "num_classes": dataset.num_classes,
+        "in_channels": dataset.in_channels,
+    }
+    check_identity(payload, expected, "checkpoint", path)
     model = build_model(config, dataset, generation, device)
     try:
         model.load_state_dict(payload["model"])
@@ -56,9 +53,7 @@ def _load_model(folder, config, dataset, generation, device) -> torch.nn.Module:
 def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test") -> dict[str, Any]:
     """Evaluate every saved generation on ``split``; writes and returns ``eval.json``."""
     folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
-    config = build_config(str(folder.config_path))
+    config = folder.read_config()
     torch_device = resolve_device(device)
     numerics = run_numerics(config, torch_device, folder.read_state())
     dataset = load_data(config)
@@ -70,13 +65,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
         )
     settings = evaluation_settings(config, dataset)
     summary = summary_header(config, dataset, config_hash(config), numerics)
-    generation = 0
-    while folder.generation_checkpoint(generation).exists():
+    for generation in folder.require_generations():
         model = _load_model(folder, config, dataset, generation, torch_device)
         metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]
         summary["generations"].append({"generation": generation, split: metrics})
-        generation += 1
-    if generation == 0:
-        raise RunDirError(f"{run_dir} has no generation checkpoints yet")
     atomic_write_json(folder.path / "eval.json", summary)
     return summary

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from kdgen.errors import KdgenError, RunDirError
+from kdgen.errors import KdgenError
 from kdgen.runs import RunFolder, atomic_write_bytes, load_checkpoint
 
 
@@ -21,18 +21,6 @@ def _safetensors() -> Any:
             "kdgen export needs safetensors; install it with: pip install 'kdgen[export]'"
         ) from None
     return safetensors.torch
-
-
-def _generations(folder: RunFolder) -> list[int]:
-    found = sorted(
-        int(p.stem[3:]) for p in folder.checkpoints.glob("gen*.pt") if p.stem[3:].isdigit()
-    )
-    if not found:
-        raise RunDirError(
-            f"{folder.path} holds no finished generation (no checkpoints/gen*.pt); "
-            "train or resume it first"
-        )
-    return found
 
 
 def _metadata(payload: dict[str, Any], classes: list[str] | None) -> dict[str, str]:
@@ -54,13 +42,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]
     (default ``RUN_DIR/export``); returns the paths written."""
     save = _safetensors().save
     folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
+    generations = folder.require_generations()
     classes_path = folder.path / "classes.json"
     classes = json.loads(classes_path.read_text())["class_names"] if classes_path.exists() else None
     out_dir = Path(out) if out is not None else folder.path / "export"
     written = []
-    for generation in _generations(folder):
+    for generation in generations:
         payload = load_checkpoint(folder.generation_checkpoint(generation))
         # safetensors refuses shared or strided storage: give each tensor its own copy.
         tensors = {k: v.detach().contiguous().clone() for k, v in payload["model"].items()}

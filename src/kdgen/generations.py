@@ -26,7 +26,6 @@ from kdgen import distributed, losses, preemption
 from kdgen.config import (
     Config,
     ScheduleConfig,
-    build_config,
     config_diff,
     config_hash,
     effective_lr,
@@ -46,7 +45,7 @@ from kdgen.metrics import ensemble_metrics
 from kdgen.models import create_model
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
 from kdgen.preemption import TrainingStopped
-from kdgen.runs import RunFolder, load_checkpoint, unique_folder
+from kdgen.runs import RunFolder, check_identity, load_checkpoint, unique_folder
 from kdgen.seeding import derive_seed
 
 log = logging.getLogger("kdgen")
@@ -324,10 +323,8 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
     path = Path(config.out_dir)
     folder = RunFolder(path)
     if resume:
-        if not folder.config_path.exists():
-            raise RunDirError(f"cannot resume: {path} holds no run (no config.yaml)")
-        saved = build_config(str(folder.config_path))
-        diff = config_diff(saved, config)
+        folder.require_run("cannot resume: ")
+        diff = config_diff(folder.read_config(), config)
         if diff:
             raise RunDirError(
                 f"cannot resume {path}: its config differs ({'; '.join(diff)}); "
@@ -405,7 +402,7 @@ def _check_patriarch(config: Config, run_dir: Path, payload: dict[str, Any]) -> 
         raise CheckpointError(
             f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
         )
-    trained = build_config(str(folder.config_path))
+    trained = folder.read_config()
     if payload.get("config_hash") != config_hash(trained):
         raise CheckpointError(
             f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
@@ -430,11 +427,7 @@ def _load_patriarch(
     payload = load_checkpoint(path)
     _check_patriarch(config, run_dir, payload)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
-    found = {key: payload.get(key) for key in expected}
-    if found != expected:
-        raise CheckpointError(
-            f"patriarch {path} does not match this run: it has {found}, this run needs {expected}"
-        )
+    check_identity(payload, expected, "patriarch", path)
     model = build_model(config, dataset, 0, device, channels_last)
     model.load_state_dict(payload["model"])
     return model
@@ -473,67 +466,6 @@ def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.
             f"{folder.generation_checkpoint(generation)} belongs to another config"
         )
     model.load_state_dict(payload["model"])
-
-
-# What a resumable state must hold (older checkpoints may lack the NumPy/Python RNGs).
-RESUME_KEYS = (
-    "config_hash",
-    "generation",
-    "epoch",
-    "train_metrics",
-    "model",
-    "optimizer",
-    "scheduler",
-    "torch_rng",
-)
-
-
-def _config_mismatch(state: dict[str, Any], config: Config | None) -> str:
-    """What differs between the config saved in a checkpoint and ``config``."""
-    saved_yaml = state.get("config")
-    if config is None or not isinstance(saved_yaml, str) or not saved_yaml:
-        return "its config hash differs"
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
-        file.write(saved_yaml)
-    try:
-        diff = config_diff(build_config(file.name), config)
-    except ConfigError:
-        return "its config hash differs"
-    finally:
-        Path(file.name).unlink(missing_ok=True)
-    return "; ".join(diff) if diff else "its config hash differs"
-
-
-def check_resume_state(
-    state: dict[str, Any], path: Path, digest: str, config: Config | None = None
-) -> None:
-    """Refuse a resumable state that is incomplete or belongs to another config."""
-    missing = [key for key in RESUME_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a resumable state (it lacks {', '.join(missing)}); "
-            "delete it to restart the generation"
-        )
-    if state["config_hash"] != digest:
-        raise CheckpointError(
-            f"{path} belongs to another config ({_config_mismatch(state, config)}); "
-            "resume with the run's own config, or delete it to restart the generation"
-        )
-    step = state.get("step", 0)
-    if not isinstance(step, int) or step < 0 or (step > 0 and "partial" not in state):
-        raise CheckpointError(f"{path} holds an invalid step ({step!r}); delete it to restart")
-
-
-def _resume_state(
-    folder: RunFolder, generation: int, digest: str, config: Config | None = None
-) -> dict[str, Any] | None:
-    if not folder.last_checkpoint.exists():
-        return None
-    state = load_checkpoint(folder.last_checkpoint)
-    check_resume_state(state, folder.last_checkpoint, digest, config)
-    return state if state["generation"] == generation else None
 
 
 def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any]) -> Numerics:
@@ -707,7 +639,7 @@ def _run_generations(
             final, outputs = _evaluate_splits(model, data, evaluation, numerics.precision, dist)
             final["train"], epochs = _patriarch_training(config)
         else:
-            resume_state = _resume_state(folder, generation, digest, config)
+            resume_state = folder.resume_state(generation, digest, config)
             # A resume replays what was logged after its checkpoint: drop those records.
             folder.truncate_metrics(generation, resume_state["epoch"] if resume_state else 0)
             schedule = _scaled_schedule(config, generation)

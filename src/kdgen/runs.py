@@ -26,12 +26,14 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdgen.errors import CheckpointError, RunDirError
+from kdgen.config import Config, config_diff, config_from_yaml
+from kdgen.errors import CheckpointError, ConfigError, RunDirError
 
 CHECKPOINT_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -187,6 +189,44 @@ class RunFolder:
     def has_results(self) -> bool:
         return self.config_path.exists() or self.summary_path.exists() or self.checkpoints.exists()
 
+    # --- what the folder holds -----------------------------------------------------------
+    def require_run(self, doing: str = "") -> None:
+        """Raise RunDirError unless the folder holds a run (its ``config.yaml``); ``doing``
+        prefixes the message, e.g. ``"cannot resume: "``."""
+        if not self.config_path.exists():
+            raise RunDirError(f"{doing}{self.path} holds no run (no config.yaml)")
+
+    def read_config(self) -> Config:
+        """The run's resolved config, read back from its ``config.yaml``."""
+        self.require_run()
+        return config_from_yaml(self.config_path.read_text(), str(self.config_path))
+
+    def finished_generations(self) -> list[int]:
+        """The generations 0, 1, ... whose final checkpoint is saved, in order."""
+        count = 0
+        while self.generation_checkpoint(count).exists():
+            count += 1
+        return list(range(count))
+
+    def require_generations(self) -> list[int]:
+        """:meth:`finished_generations`; RunDirError when the run holds none yet."""
+        self.require_run()
+        generations = self.finished_generations()
+        if not generations:
+            raise RunDirError(f"{self.path} has no generation checkpoints yet")
+        return generations
+
+    def resume_state(
+        self, generation: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any] | None:
+        """The resumable state of ``generation`` (None if the saved one is of another
+        generation, or there is none), after :func:`check_resume_state`."""
+        if not self.last_checkpoint.exists():
+            return None
+        state = load_checkpoint(self.last_checkpoint)
+        check_resume_state(state, self.last_checkpoint, digest, config)
+        return state if state["generation"] == generation else None
+
     # --- state --------------------------------------------------------------------------
     def read_state(self) -> dict[str, Any]:
         return self._read_json(self.state_path) or {}
@@ -286,6 +326,65 @@ class RunFolder:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+
+
+def check_identity(
+    payload: Mapping[str, Any], expected: Mapping[str, Any], what: str, path: Path
+) -> None:
+    """Raise CheckpointError naming every key whose value in a checkpoint's ``payload``
+    differs from ``expected`` (e.g. the model name and the number of classes)."""
+    differing = [
+        f"{key}={payload.get(key)!r} where this run needs {value!r}"
+        for key, value in expected.items()
+        if payload.get(key) != value
+    ]
+    if differing:
+        raise CheckpointError(f"{what} {path} does not match this run: {'; '.join(differing)}")
+
+
+# What a resumable state must hold (older checkpoints may lack the NumPy/Python RNGs).
+RESUME_KEYS = (
+    "config_hash",
+    "generation",
+    "epoch",
+    "train_metrics",
+    "model",
+    "optimizer",
+    "scheduler",
+    "torch_rng",
+)
+
+
+def _config_mismatch(state: Mapping[str, Any], config: Config | None) -> str:
+    """What differs between the config saved in a checkpoint and ``config``."""
+    saved_yaml = state.get("config")
+    if config is None or not isinstance(saved_yaml, str) or not saved_yaml:
+        return "its config hash differs"
+    try:
+        diff = config_diff(config_from_yaml(saved_yaml), config)
+    except ConfigError:
+        return "its config hash differs"
+    return "; ".join(diff) if diff else "its config hash differs"
+
+
+def check_resume_state(
+    state: Mapping[str, Any], path: Path, digest: str, config: Config | None = None
+) -> None:
+    """Refuse a resumable state that is incomplete or belongs to another config."""
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a resumable state (it lacks {', '.join(missing)}); "
+            "delete it to restart the generation"
+        )
+    if state["config_hash"] != digest:
+        raise CheckpointError(
+            f"{path} belongs to another config ({_config_mismatch(state, config)}); "
+            "resume with the run's own config, or delete it to restart the generation"
+        )
+    step = state.get("step", 0)
+    if not isinstance(step, int) or step < 0 or (step > 0 and "partial" not in state):
+        raise CheckpointError(f"{path} holds an invalid step ({step!r}); delete it to restart")
 
 
 def unique_folder(path: Path) -> Path:

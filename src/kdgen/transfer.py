@@ -30,10 +30,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdgen.config import Config, build_config
+from kdgen.config import Config
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
-from kdgen.errors import ConfigError, DataError, RunDirError
+from kdgen.errors import ConfigError, DataError
 from kdgen.evaluation import _load_model
 from kdgen.generations import load_data, resolve_device
 from kdgen.precision import resolve_channels_last
@@ -276,17 +276,6 @@ def _check_settings(
         raise ConfigError(f"max_iter={max_iter} must be at least 1")
 
 
-def _generations(folder: RunFolder, run_dir: str | Path) -> list[int]:
-    if not folder.config_path.exists():
-        raise RunDirError(f"{run_dir} holds no run (no config.yaml)")
-    count = 0
-    while folder.generation_checkpoint(count).exists():
-        count += 1
-    if count == 0:
-        raise RunDirError(f"{run_dir} has no generation checkpoints yet")
-    return list(range(count))
-
-
 def _subset(split: ImageSplit, size: int | None, seed: int) -> ImageSplit:
     return split if size is None else stratified_subset(split, size, seed)
 
@@ -338,9 +327,9 @@ def transfer_run(
     if classifier not in CLASSIFIERS:
         raise ConfigError(f"classifier='{classifier}' must be one of {', '.join(CLASSIFIERS)}")
     folder = RunFolder(run_dir)
-    generations = _generations(folder, run_dir)
+    generations = folder.require_generations()
     target = load_dataset(data, root, download, **(options or {}))
-    config = build_config(str(folder.config_path))
+    config = folder.read_config()
     source = load_data(config)
     torch_device = resolve_device(device)
     size = source.image_size

@@ -1,0 +1,65 @@
+"""The run folder's schema: what holds a run, its config read back, finished generations
+and the checkpoint identity check (``kdgen.runs``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdgen.config import build_config, config_from_yaml, config_hash, to_yaml
+from kdgen.errors import CheckpointError, ConfigError, RunDirError
+from kdgen.runs import RunFolder, check_identity, save_checkpoint
+
+
+def test_a_folder_without_config_holds_no_run(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "empty")
+    with pytest.raises(RunDirError, match=r"^cannot resume: .*empty holds no run"):
+        folder.require_run("cannot resume: ")
+    with pytest.raises(RunDirError, match="holds no run"):
+        folder.read_config()
+    with pytest.raises(RunDirError, match="holds no run"):
+        folder.require_generations()
+
+
+def test_the_config_reads_back_identically(tmp_path: Path) -> None:
+    config = build_config("smoke", ["process=D(0.6,0.6)", "regularizer=lsr", "seed=3"])
+    folder = RunFolder(tmp_path)
+    folder.write_text(folder.config_path, to_yaml(config))
+    again = folder.read_config()
+    assert again == config and config_hash(again) == config_hash(config)
+    assert config_from_yaml(to_yaml(config)) == config
+
+
+def test_a_bad_saved_config_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        config_from_yaml("nope: 1\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config_from_yaml("- a\n- b\n", "x.yaml")
+
+
+def test_finished_generations_are_the_saved_ones_from_zero(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.write_text(folder.config_path, to_yaml(build_config("smoke")))
+    with pytest.raises(RunDirError, match="has no generation checkpoints yet"):
+        folder.require_generations()
+    for generation in (0, 1, 3):  # 3 is not reachable: generation 2 is missing
+        save_checkpoint(folder.generation_checkpoint(generation), {"generation": generation})
+    assert folder.finished_generations() == folder.require_generations() == [0, 1]
+
+
+def test_check_identity_names_every_differing_key() -> None:
+    payload = {"model_name": "tiny_cnn", "num_classes": 10, "in_channels": 3}
+    check_identity(payload, {"model_name": "tiny_cnn", "num_classes": 10}, "checkpoint", Path("a"))
+    with pytest.raises(CheckpointError) as info:
+        check_identity(
+            payload,
+            {"model_name": "resnet20", "num_classes": 10, "in_channels": 1},
+            "patriarch",
+            Path("gen0.pt"),
+        )
+    message = str(info.value)
+    assert message.startswith("patriarch gen0.pt does not match this run: ")
+    assert "model_name='tiny_cnn' where this run needs 'resnet20'" in message
+    assert "in_channels=3 where this run needs 1" in message
+    assert "num_classes" not in message
