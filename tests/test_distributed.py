@@ -28,15 +28,18 @@ import torch
 from kdgen.config import build_config, config_hash, effective_lr
 from kdgen.distributed import SINGLE, Distributed, convert_batchnorm, interleave
 from kdgen.errors import ConfigError
-from kdgen.generations import INTERRUPT_ENV, train_generations
+from kdgen.generations import train_generations
 from kdgen.runs import RunFolder, load_checkpoint
 from tests.conftest import FAST
 
+# An entry point that stops the writing rank after N state saves (see the script).
+STOP_AFTER_SAVES = str(Path(__file__).with_name("stop_after_saves.py"))
 
-def torchrun_command(args: list[str]) -> list[str]:
-    """``torchrun --standalone --nproc_per_node=2 -m kdgen ARGS``."""
+
+def torchrun_command(args: list[str], entry: tuple[str, ...] = ("-m", "kdgen")) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=2 -m kdgen ARGS`` (or ``ENTRY ARGS``)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return [*command, "--nproc_per_node=2", "-m", "kdgen", *args]
+    return [*command, "--nproc_per_node=2", *entry, *args]
 
 
 def torchrun_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -44,10 +47,16 @@ def torchrun_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
 
 
-def torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def torchrun(
+    args: list[str], env: dict[str, str] | None = None, entry: tuple[str, ...] = ("-m", "kdgen")
+) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m kdgen ARGS`` on CPU (gloo)."""
     return subprocess.run(
-        torchrun_command(args), env=torchrun_env(env), capture_output=True, text=True, timeout=300
+        torchrun_command(args, entry),
+        env=torchrun_env(env),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -98,7 +107,7 @@ def test_checkpoints_hold_the_plain_module(two_process_run: Path) -> None:
 
 def test_resume_of_an_interrupted_distributed_run(two_process_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    stopped = torchrun(train_args(out), env={INTERRUPT_ENV: "3"})  # gen0 done, gen1 epoch 1
+    stopped = torchrun(train_args(out), entry=(STOP_AFTER_SAVES, "3"))  # gen0 done, gen1 epoch 1
     assert stopped.returncode != 0
     assert not (out / "checkpoints" / "gen1.pt").exists()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1

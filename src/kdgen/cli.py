@@ -460,7 +460,9 @@ def _one_line(message: str) -> str:
 
 def _prints() -> bool:
     """Whether this process reports errors: always, except on ranks > 0 of torchrun."""
-    return os.environ.get("RANK", "0") == "0"
+    from kdgen import distributed
+
+    return distributed.launched_rank() == 0
 
 
 if __name__ == "__main__":

@@ -307,6 +307,18 @@ def from_environment() -> tuple[int, int, int] | None:
     )
 
 
+def launched_rank() -> int:
+    """This process's rank in a torchrun launch; 0 without torchrun."""
+    found = from_environment()
+    return 0 if found is None else found[0]
+
+
+def launched_world_size() -> int:
+    """The number of processes of a torchrun launch; 1 without torchrun."""
+    found = from_environment()
+    return 1 if found is None else found[1]
+
+
 def _uses_cuda(device: str) -> bool:
     if device == "auto":
         return torch.cuda.is_available()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -281,10 +280,6 @@ def make_loss(config: Config, generation: int) -> LossFn:
     return tolerant_student
 
 
-# Tests only: the writing process stops (KeyboardInterrupt) after this many state saves.
-INTERRUPT_ENV = "KDGEN_TEST_INTERRUPT_AFTER_SAVES"
-
-
 class RunHooks(Hooks):
     """Engine hooks that write to the run folder (nothing, if the folder is not writable)."""
 
@@ -293,8 +288,6 @@ class RunHooks(Hooks):
     ) -> None:
         self.folder, self.digest, self.save_every = folder, digest, save_every
         self.config_yaml = config_yaml
-        self.saves = 0
-        self.interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0"))
 
     def log(self, record: dict[str, Any]) -> None:
         self.folder.log(record)
@@ -310,9 +303,6 @@ class RunHooks(Hooks):
             epoch=state["epoch"],
             step=state.get("step", 0),
         )
-        self.saves += 1
-        if self.folder.writable and self.saves == self.interrupt_after:
-            raise KeyboardInterrupt(f"{INTERRUPT_ENV}={self.interrupt_after}")
 
 
 def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
