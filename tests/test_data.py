@@ -14,7 +14,15 @@ from kdgen.data import list_datasets, load_dataset
 from kdgen.data.base import ImageDataset, ImageSplit
 from kdgen.data.split import stratified_split, stratified_subset
 from kdgen.data.synthetic import make_synthetic
-from kdgen.data.tensors import Augment, DeviceLoader, epoch_generator, random_crop, random_flip
+from kdgen.data.tensors import (
+    Augment,
+    DeviceLoader,
+    crop,
+    crop_offsets,
+    epoch_generator,
+    flip,
+    flip_mask,
+)
 from kdgen.errors import ConfigError, DataError
 
 
@@ -294,6 +302,18 @@ def _crop_offsets(images: torch.Tensor, cropped: torch.Tensor, padding: int) -> 
         }
         for i in range(len(images))
     ]
+
+
+# The loader's crop and flip, one batch at a time.
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Crop each image of a batch at its own random offset in the padded image."""
+    offsets = crop_offsets(images.shape[0], padding, generator, generator.device)
+    return crop(images, padding, offsets.to(images.device))
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of a batch left-right with probability 1/2."""
+    return flip(images, flip_mask(images.shape[0], generator, generator.device).to(images.device))
 
 
 def test_random_crop_matches_a_slice_of_the_padded_image() -> None:

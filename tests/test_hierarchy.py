@@ -188,7 +188,7 @@ def test_wordnet_errors(fake_data_noun: Path) -> None:
 def test_wordnet_missing_warns_and_returns_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("kdgen.data.hierarchy.load_data_noun", lambda path=None: None)
     with pytest.warns(UserWarning, match="apt-get install wordnet-base"):
-        assert Hierarchy.from_wordnet(["n02084071"]) is None
+        assert wordnet_hierarchy(["n02084071"]) is None
 
 
 def test_looks_like_wnids() -> None:

@@ -10,8 +10,9 @@ Validation: hyperparameters (``eta``, ``lam``, ``k``, ``temperature``, regularis
 names) and tensor shapes/dtypes are checked on every call; these checks read only Python values
 and tensor metadata, so they never synchronise with the device. Checking that the targets lie in
 ``[0, C)`` has to read tensor values, which forces a host-device sync; ``teacher_loss`` and
-``student_loss`` do it only when ``validate=True`` (the default). The training engine passes
-``validate=False`` in its step and checks the labels once up front with ``check_targets``.
+``student_loss`` do it only when ``validate=True`` (the default). Training passes
+``validate=False`` in its step: its labels come from a data set whose loader already checked
+that they lie in ``[0, C)`` (:class:`~kdgen.data.ImageDataset`).
 Hyperparameter errors raise ``ConfigError`` (a ``ValueError``); tensor errors raise
 ``ValueError``.
 """
@@ -119,7 +120,7 @@ def tsd(logits: Tensor, k: int = 5) -> Tensor:
     """Top-score difference, docs/method.md "Tolerance regularisers", the paper's Eq. 3.
 
     R = p_(1) - 1/(K-1) * sum_{k=2..K} p_(k), where p_(1) >= p_(2) >= ... are the softmax
-    probabilities sorted in descending order. Lies in [-1, 1]. Requires 2 <= k <= C.
+    probabilities sorted in descending order. Lies in [0, 1]. Requires 2 <= k <= C.
     """
     _check_logits(logits)
     k = _check_k(k, logits.shape[1])

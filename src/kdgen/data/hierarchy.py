@@ -188,16 +188,6 @@ class Hierarchy:
             )
         return hierarchy
 
-    @classmethod
-    def from_wordnet(
-        cls,
-        wnids: list[str],
-        coarse_depth: int | None = WORDNET_COARSE_DEPTH,
-        data_noun: str | Path | None = None,
-    ) -> Hierarchy | None:
-        """See :func:`wordnet_hierarchy`."""
-        return wordnet_hierarchy(wnids, coarse_depth=coarse_depth, data_noun=data_noun)
-
 
 def _normalise_parents(parents: Mapping[str, str | None]) -> dict[str, str | None]:
     """Check node types and make every parent a node (a parent with no entry is a root)."""

@@ -25,10 +25,6 @@ class Augment:
     crop_padding: int = 4
     flip: bool = True
 
-    @property
-    def enabled(self) -> bool:
-        return self.crop_padding > 0 or self.flip
-
 
 def epoch_generator(
     seed: int, generation: int, epoch: int, device: torch.device | str = "cpu"
@@ -67,17 +63,6 @@ def flip_mask(count: int, generator: torch.Generator, device: torch.device) -> t
 def flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Flip left-right the images of a batch where ``mask`` is true."""
     return torch.where(mask[:, None, None, None], images.flip(-1), images)
-
-
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Crop each image of a batch at its own random offset in the padded image."""
-    offsets = crop_offsets(images.shape[0], padding, generator, generator.device)
-    return crop(images, padding, offsets.to(images.device))
-
-
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of a batch left-right with probability 1/2."""
-    return flip(images, flip_mask(images.shape[0], generator, generator.device).to(images.device))
 
 
 class DeviceLoader:
