@@ -39,7 +39,17 @@ class SyntheticConfig:
 
 
 @dataclass
+class ImageFolderConfig:
+    """Crop size and DataLoader workers of ``imagefolder`` data (``kdgen.data.imagefolder``)."""
+
+    image_size: int = 224
+    workers: int = 4
+
+
+@dataclass
 class DataConfig:
+    """The data of a run. Options of one source live in its own section, ``data.<name>``."""
+
     name: str = "synthetic"
     root: str | None = None
     download: bool = False
@@ -51,10 +61,8 @@ class DataConfig:
     flip: bool = True
     # A JSON class hierarchy (class -> parent, or class -> coarse label) for Dist^C/S.
     hierarchy: str | None = None
-    # imagefolder only: crop size and DataLoader workers.
-    image_size: int = 224
-    workers: int = 4
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    imagefolder: ImageFolderConfig = field(default_factory=ImageFolderConfig)
 
 
 @dataclass
@@ -185,7 +193,30 @@ def _parse_yaml(text: str, source: str) -> DictConfig:
         raise ConfigError(f"cannot parse config '{source}': {_one_line(error)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config '{source}' must be a mapping of keys to values")
+    _move_legacy_keys(loaded)
     return loaded
+
+
+# Keys that moved; configs and overrides that use the old names keep working.
+LEGACY_KEYS = {
+    "data.image_size": "data.imagefolder.image_size",
+    "data.workers": "data.imagefolder.workers",
+}
+
+
+def _move_legacy_keys(loaded: DictConfig) -> None:
+    """Move values under old key names (e.g. a run folder's older config.yaml) to the new."""
+    for old, new in LEGACY_KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        section = OmegaConf.select(loaded, parent, default=None)
+        if isinstance(section, DictConfig) and leaf in section:
+            OmegaConf.update(loaded, new, section.pop(leaf), force_add=True)
+
+
+def _new_key(item: str) -> str:
+    """An override ``key=value`` with an old key name renamed (see ``LEGACY_KEYS``)."""
+    key, _, value = item.partition("=")
+    return f"{LEGACY_KEYS.get(key.strip(), key)}={value}"
 
 
 def config_from_yaml(text: str, source: str = "<yaml>") -> Config:
@@ -247,6 +278,7 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
     """
     loaded = _load_source(source) if source is not None else OmegaConf.create({})
     parsed = []
+    overrides = [_new_key(item) if "=" in item else item for item in overrides]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value")
@@ -394,8 +426,9 @@ def validate(config: Config) -> Config:
     _check(data.eval_batch_size >= 1, f"data.eval_batch_size={data.eval_batch_size} must be >= 1")
     _check(data.val_size >= 0, f"data.val_size={data.val_size} must be >= 0")
     _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
-    _check(data.image_size >= 1, f"data.image_size={data.image_size} must be >= 1")
-    _check(data.workers >= 0, f"data.workers={data.workers} must be >= 0")
+    folder = data.imagefolder
+    _check(folder.image_size >= 1, f"data.imagefolder.image_size={folder.image_size} must be >= 1")
+    _check(folder.workers >= 0, f"data.imagefolder.workers={folder.workers} must be >= 0")
     _check(
         data.train_subset is None or data.train_subset >= 1,
         f"data.train_subset={data.train_subset} must be >= 1",
@@ -445,6 +478,7 @@ def config_hash(config: Config) -> str:
         values.pop(key, None)
     _drop_defaults(values, LATER_KEY_DEFAULTS)
     _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
+    values["data"].update(values["data"].pop("imagefolder"))  # hashed under their old names
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -478,6 +512,7 @@ def config_diff(old: Config, new: Config) -> list[str]:
 __all__ = [
     "Config",
     "DataConfig",
+    "ImageFolderConfig",
     "ScheduleConfig",
     "SyntheticConfig",
     "build_config",

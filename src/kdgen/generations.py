@@ -33,10 +33,8 @@ from kdgen.config import (
     to_dict,
     to_yaml,
 )
-from kdgen.data import Augment, DeviceLoader, ImageDataset, load_dataset
+from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
 from kdgen.data.hierarchy import Hierarchy
-from kdgen.data.imagefolder import FolderData, FolderLoader, load_image_folder
-from kdgen.data.split import stratified_split, stratified_subset
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
@@ -55,9 +53,9 @@ _SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
 
 @dataclass
 class PreparedData:
-    dataset: ImageDataset | FolderData
-    train_loader: DeviceLoader | FolderLoader
-    eval_loaders: dict[str, DeviceLoader | FolderLoader]
+    dataset: DataSource
+    train_loader: Loader
+    eval_loaders: dict[str, Loader]
 
 
 @dataclass
@@ -75,36 +73,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-DataSource = ImageDataset | FolderData
-
-
 def load_data(config: Config) -> DataSource:
-    """The configured data set: in-memory tensors, or an image folder read by workers."""
-    data = config.data
-    if data.name == "imagefolder":
-        if not data.root:
-            raise ConfigError("data.name=imagefolder needs data.root=DIR (with train/ and val/)")
-        return load_image_folder(
-            data.root,
-            image_size=data.image_size,
-            val_size=data.val_size,
-            seed=derive_seed(config.seed, _VAL_SALT),
-            workers=data.workers,
-            hierarchy_file=data.hierarchy,
-        )
-    options = dict(vars(data.synthetic)) if data.name == "synthetic" else {}
-    return load_dataset(data.name, data.root, data.download, **options)
+    """The configured data source: in-memory tensors, or an image folder read by workers."""
+    return load_source(config.data, derive_seed(config.seed, _VAL_SALT))
 
 
 def build_hierarchy(config: Config, source: DataSource) -> Hierarchy | None:
     """The class hierarchy for Dist^C and Dist^S: a user's file, else the data set's own."""
-    if isinstance(source, FolderData):
-        return source.hierarchy
-    if config.data.hierarchy:
-        return Hierarchy.from_json(config.data.hierarchy, source.class_names)
-    if source.coarse_of_fine is None:
-        return None
-    return Hierarchy.from_coarse(source.coarse_of_fine, source.class_names, source.coarse_names)
+    return source.class_hierarchy(config.data.hierarchy)
 
 
 def evaluation_settings(config: Config, source: DataSource) -> EvalSettings:
@@ -137,59 +113,29 @@ def prepare_data(
     """
     dataset = dataset or load_data(config)
     data = config.data
-    batch_size = dist.local_batch(data.batch_size)
-    eval_batch_size = -(-data.eval_batch_size // dist.world_size)
     if channels_last is None:
         channels_last = resolve_channels_last(config.channels_last, device)
-    if isinstance(dataset, FolderData):
-        if data.train_subset is not None:
-            raise ConfigError("data.train_subset is not supported for imagefolder data")
-        if data.batch_size > len(dataset.train):
-            raise ConfigError(
-                f"data.batch_size={data.batch_size} exceeds the {len(dataset.train)} "
-                "training images"
-            )
-        train_loader, eval_loaders = dataset.loaders(
-            batch_size, eval_batch_size, device, config.seed, 0, channels_last, dist.shard
-        )
-        return PreparedData(dataset, train_loader, eval_loaders)
-    train = dataset.train
-    if data.train_subset is not None:
-        train = stratified_subset(train, data.train_subset, derive_seed(config.seed, _SUBSET_SALT))
-    eval_splits = {}
-    if data.val_size > 0:
-        train, eval_splits["val"] = stratified_split(
-            train, data.val_size, derive_seed(config.seed, _VAL_SALT)
-        )
-    eval_splits["test"] = dataset.test
-    if data.batch_size > len(train):
-        raise ConfigError(
-            f"data.batch_size={data.batch_size} exceeds the {len(train)} training images"
-        )
-    common = {
-        "mean": dataset.mean,
-        "std": dataset.std,
-        "device": device,
-        "channels_last": channels_last,
-        "shard": dist.shard,
-    }
-    train_loader = DeviceLoader(
-        train,
-        batch_size,
-        shuffle=True,
+    settings = LoaderSettings(
+        batch_size=dist.local_batch(data.batch_size),
+        eval_batch_size=-(-data.eval_batch_size // dist.world_size),
+        device=device,
         seed=config.seed,
+        global_batch_size=data.batch_size,
+        train_subset=data.train_subset,
+        subset_seed=derive_seed(config.seed, _SUBSET_SALT),
+        val_size=data.val_size,
+        val_seed=derive_seed(config.seed, _VAL_SALT),
         augment=Augment(data.crop_padding, data.flip),
-        **common,
+        channels_last=channels_last,
+        shard=dist.shard,
     )
-    eval_loaders = {
-        name: DeviceLoader(split, eval_batch_size, **common) for name, split in eval_splits.items()
-    }
+    train_loader, eval_loaders = dataset.run_loaders(settings)
     return PreparedData(dataset, train_loader, eval_loaders)
 
 
 def build_model(
     config: Config,
-    dataset: ImageDataset,
+    dataset: DataSource,
     generation: int,
     device: torch.device,
     channels_last: bool | None = None,
@@ -409,7 +355,7 @@ def _check_patriarch(config: Config, run_dir: Path, payload: dict[str, Any]) -> 
 
 
 def _load_patriarch(
-    config: Config, dataset: ImageDataset, device: torch.device, channels_last: bool
+    config: Config, dataset: DataSource, device: torch.device, channels_last: bool
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
     was trained exactly as this run would train it (:func:`patriarch_identity`)."""
@@ -434,7 +380,7 @@ def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
 
 
 def _model_checkpoint(
-    config: Config, dataset: ImageDataset, generation: int, model: nn.Module, digest: str
+    config: Config, dataset: DataSource, generation: int, model: nn.Module, digest: str
 ) -> dict[str, Any]:
     return {
         "kind": "model",
@@ -475,7 +421,7 @@ def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any])
 
 
 def summary_header(
-    config: Config, dataset: ImageDataset, digest: str, numerics: Numerics | None = None
+    config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
 ) -> dict[str, Any]:
     return {
         "name": config.name,

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from kdgen.errors import DataError
+
+if TYPE_CHECKING:
+    from kdgen.data.hierarchy import Hierarchy
+    from kdgen.data.loading import LoaderSettings
+    from kdgen.data.tensors import DeviceLoader
 
 
 @dataclass
@@ -88,3 +94,20 @@ class ImageDataset:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+    def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
+        """The hierarchy of Dist^C and Dist^S: a user's JSON file, else the data set's
+        coarse classes (None without either)."""
+        from kdgen.data.hierarchy import Hierarchy
+
+        if hierarchy_file:
+            return Hierarchy.from_json(hierarchy_file, self.class_names)
+        if self.coarse_of_fine is None:
+            return None
+        return Hierarchy.from_coarse(self.coarse_of_fine, self.class_names, self.coarse_names)
+
+    def run_loaders(self, settings: LoaderSettings) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
+        """See :func:`kdgen.data.loading.memory_loaders`."""
+        from kdgen.data.loading import memory_loaders
+
+        return memory_loaders(self, settings)

@@ -27,8 +27,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from kdgen.data.hierarchy import Hierarchy, looks_like_wnids, wordnet_hierarchy
+from kdgen.data.loading import LoaderSettings
 from kdgen.data.split import _rank_within_class
-from kdgen.errors import DataError
+from kdgen.errors import ConfigError, DataError
 from kdgen.seeding import seeded_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -345,6 +346,26 @@ class FolderData:
             if split is not None
         }
         return train, evals
+
+    def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
+        """The hierarchy read when the folder was indexed (from ``hierarchy_file``, or
+        WordNet); see :func:`load_image_folder`."""
+        return self.hierarchy
+
+    def run_loaders(self, settings: LoaderSettings) -> tuple[FolderLoader, dict[str, FolderLoader]]:
+        """:meth:`loaders` for one run; the validation split was held out at indexing."""
+        if settings.train_subset is not None:
+            raise ConfigError("data.train_subset is not supported for imagefolder data")
+        settings.check_batch(len(self.train))
+        return self.loaders(
+            settings.batch_size,
+            settings.eval_batch_size,
+            settings.device,
+            settings.seed,
+            settings.generation,
+            settings.channels_last,
+            settings.shard,
+        )
 
 
 def load_image_folder(
