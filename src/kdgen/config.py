@@ -22,8 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kdgen.errors import ConfigError
 
-REGULARIZERS = ("tsd", "lsr", "cp", "none")
-REGULARIZER_FORMS = ("convex", "normalized")
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -368,6 +366,20 @@ def schedule_for(config: Config, generation: int) -> ScheduleConfig:
     )
 
 
+def _validate_loss_names(config: Config) -> None:
+    """Names that the losses' registries decide (:mod:`kdgen.losses` is the one list)."""
+    from kdgen import losses  # imported here: reading a config needs no torch
+
+    _check(
+        config.regularizer in losses.REGULARIZERS,
+        f"regularizer='{config.regularizer}' must be one of {', '.join(losses.REGULARIZERS)}",
+    )
+    _check(
+        config.regularizer_form in losses.FORMS,
+        f"regularizer_form='{config.regularizer_form}' must be one of {', '.join(losses.FORMS)}",
+    )
+
+
 def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0  # False for NaN too
 
@@ -386,15 +398,7 @@ def validate(config: Config) -> Config:
     _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in [0, 1]")
     _check(_in_unit_interval(config.lam), f"lam={config.lam} must lie in [0, 1]")
     config.process = format_process(config.eta, config.lam)
-    _check(
-        config.regularizer in REGULARIZERS,
-        f"regularizer='{config.regularizer}' must be one of {', '.join(REGULARIZERS)}",
-    )
-    _check(
-        config.regularizer_form in REGULARIZER_FORMS,
-        f"regularizer_form='{config.regularizer_form}' must be one of "
-        f"{', '.join(REGULARIZER_FORMS)}",
-    )
+    _validate_loss_names(config)
     _check(
         config.regularizer_form != "normalized" or config.eta > 0,
         "regularizer_form=normalized divides by eta: eta must be > 0",

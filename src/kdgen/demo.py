@@ -2,7 +2,8 @@
 
 Trains D(1.0,0.0) (independent runs), D(1.0,0.6) (born-again, strict patriarch) and
 D(0.6,0.6) (tolerant TSD patriarch), each a patriarch and 2 students, with one seed.
-The two processes with a strict patriarch share it: it is trained once.
+Processes whose patriarchs would be identical (the two strict ones) share it: it is trained
+once (:func:`kdgen.policy.patriarch_key`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from kdgen.config import build_config
 from kdgen.generations import RunResult, train_generations
+from kdgen.policy import patriarch_key
 from kdgen.report import generations_table
 from kdgen.runs import unique_folder
 
@@ -29,7 +31,7 @@ def run_demo(
     root = Path(out_dir) if out_dir else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     root = unique_folder(root)
     results: list[RunResult] = []
-    strict_patriarch: Path | None = None
+    patriarchs: dict[tuple[object, ...], Path] = {}  # the first run of each patriarch
     for process in DEMO_PROCESSES:
         config = build_config(
             preset,
@@ -40,9 +42,9 @@ def run_demo(
                 f"out_dir={root / _slug(process)}",
             ],
         )
-        strict = config.eta == 1.0
-        if strict and strict_patriarch is not None:
-            config.patriarch = str(strict_patriarch)
+        key = patriarch_key(config)
+        if key in patriarchs:
+            config.patriarch = str(patriarchs[key])
         print(
             f"== {process}: {config.generations + 1} generations of {config.model} "
             f"on {config.data.name} -> {config.out_dir}",
@@ -50,8 +52,7 @@ def run_demo(
         )
         result = train_generations(config)
         results.append(result)
-        if strict and strict_patriarch is None:
-            strict_patriarch = result.path
+        patriarchs.setdefault(key, result.path)
     table = generations_table(result.summary for result in results)
     (root / "demo.md").write_text(table + "\n")
     return table, results

@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kdgen.config import REGULARIZERS, Config, build_config, parse_process
+from kdgen.config import build_config, parse_process
 from kdgen.errors import ConfigError, RunDirError
 from kdgen.generations import RunResult, train_generations
+from kdgen.losses import REGULARIZERS
+from kdgen.policy import patriarch_key
 from kdgen.runs import RunFolder, atomic_write_json
 
 SPEC_PATTERN = re.compile(r"^(?P<process>D\([^)]*\))(?::(?P<regularizer>\w+))?$")
@@ -69,12 +71,6 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", label.replace("D(", "D")).strip("-")
 
 
-def _patriarch_key(config: Config) -> tuple[object, ...]:
-    if config.eta == 1.0:
-        return ("strict",)
-    return (config.eta, config.regularizer, config.k, config.regularizer_form)
-
-
 def plan_sweep(
     preset: str, specs: list[str], seeds: list[int], out: Path, overrides: tuple[str, ...] = ()
 ) -> list[SweepRun]:
@@ -92,7 +88,7 @@ def plan_sweep(
                 extra.append(f"regularizer={regularizer}")
             path = str(out / _slug(label) / f"seed{seed}")
             config = build_config(preset, [*overrides, *extra])  # validates every run up front
-            key = _patriarch_key(config)
+            key = patriarch_key(config)
             owner = owners.setdefault(key, path)
             shared = owner if owner != path else None
             if shared is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdgen.errors import KdgenError, RunDirError
+from kdgen.policy import is_strict
 from kdgen.runs import RunFolder
 
 BASELINE = "D(1.0,0.0)"
@@ -25,7 +26,7 @@ BASELINE = "D(1.0,0.0)"
 def process_label(summary: dict[str, Any]) -> str:
     """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD."""
     regularizer = summary.get("regularizer", "tsd")
-    if summary.get("eta", 1.0) < 1.0 and regularizer != "tsd":
+    if not is_strict(summary.get("eta", 1.0)) and regularizer != "tsd":
         return f"{summary['process']}:{regularizer}"
     return str(summary["process"])
 
@@ -173,10 +174,9 @@ def class_info(run: Run) -> ClassInfo:
         value = json.loads(path.read_text())
         return ClassInfo(list(value["class_names"]), value.get("coarse_of_fine"))
     try:
-        from kdgen.config import build_config
         from kdgen.generations import load_data
 
-        dataset = load_data(build_config(str(run.folder.config_path)))
+        dataset = load_data(run.folder.read_config())
         return ClassInfo(list(dataset.class_names), dataset.coarse_of_fine)
     except (KdgenError, OSError, ValueError):
         count = int(run.summary.get("num_classes", 0))

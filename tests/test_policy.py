@@ -1,0 +1,44 @@
+"""The D(eta, lambda) policy (``kdgen.policy``) and the one list of loss names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdgen import losses
+from kdgen.config import build_config
+from kdgen.errors import ConfigError
+from kdgen.policy import is_strict, patriarch_key
+
+
+def test_every_strict_patriarch_has_one_key() -> None:
+    strict = [
+        build_config("smoke", overrides)
+        for overrides in (["process=D(1.0,0.0)"], ["process=D(1.0,0.6)", "regularizer=lsr"])
+    ]
+    assert patriarch_key(strict[0]) == patriarch_key(strict[1]) == ("strict",)
+    assert is_strict(1.0) and not is_strict(0.99)
+
+
+def test_tolerant_patriarchs_share_only_with_equal_losses() -> None:
+    base = build_config("smoke", ["eta=0.6", "lam=0.6"])
+    same = build_config("smoke", ["process=D(0.6,0.3)", "temperature=2"])  # student-only keys
+    assert patriarch_key(base) == patriarch_key(same)
+    for change in ("eta=0.7", "regularizer=cp", "k=3", "regularizer_form=normalized"):
+        other = build_config("smoke", ["lam=0.6", change])
+        assert patriarch_key(other) != patriarch_key(base), change
+
+
+def test_the_config_accepts_the_regularisers_the_losses_register(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match="regularizer='maxlogit' must be one of tsd, lsr"):
+        build_config("smoke", ["regularizer=maxlogit"])
+    monkeypatch.setitem(
+        losses.REGULARIZERS, "maxlogit", lambda logits, k: logits.max(dim=1).values.mean()
+    )
+    config = build_config("smoke", ["process=D(0.6,0.6)", "regularizer=maxlogit"])
+    loss = losses.teacher_loss(torch.zeros(2, 3), torch.tensor([0, 1]), 0.5, config.regularizer)
+    assert loss.item() == pytest.approx(0.5 * torch.log(torch.tensor(3.0)).item())
+    with pytest.raises(ConfigError, match="regularizer_form='affine' must be one of convex"):
+        build_config("smoke", ["regularizer_form=affine"])
