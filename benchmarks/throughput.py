@@ -50,11 +50,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from kdgen.build import build_model, prepare_data
 from kdgen.config import Config, build_config, precision_setting
 from kdgen.data import ImageDataset, ImageSplit, load_dataset
 from kdgen.data.tensors import DeviceLoader
 from kdgen.engine import freeze, make_optimizer, predict, train_generation
-from kdgen.generations import build_model, make_loss, prepare_data, uses_teacher
+from kdgen.generations import make_loss, uses_teacher
 from kdgen.models import create_model
 from kdgen.precision import autocast, choose_numerics, resolve_precision
 

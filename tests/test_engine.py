@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from kdgen.build import build_model, prepare_data
 from kdgen.config import ScheduleConfig, build_config
 from kdgen.engine import EvalSettings, Hooks, freeze, lr_factor, predict, train_generation
-from kdgen.generations import build_model, make_loss, prepare_data
+from kdgen.generations import make_loss
 from kdgen.models import create_model
 
 CPU = torch.device("cpu")

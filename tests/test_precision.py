@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from kdgen import generations
+from kdgen import build, generations
 from kdgen.config import Config, build_config, config_hash, precision_setting
 from kdgen.errors import ConfigError
 from kdgen.generations import train_generations, uses_teacher
@@ -133,9 +133,9 @@ def test_resume_reuses_the_recorded_numerics(
         ({"precision": None, "layout": None}, Numerics("fp32", False)),
     ):
         state = {**folder.read_state(), **recorded}
-        assert generations.run_numerics(config, CPU, state) == expected
+        assert build.run_numerics(config, CPU, state) == expected
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    assert generations.run_numerics(config, CPU, {}) == Numerics("bf16", False)
+    assert build.run_numerics(config, CPU, {}) == Numerics("bf16", False)
 
 
 def test_bf16_evaluation_rounds_like_bf16_and_returns_float32() -> None:

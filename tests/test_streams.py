@@ -72,7 +72,7 @@ def test_processes_of_one_seed_draw_the_same_streams_and_seeds_differ(
 
 
 def test_split_depends_on_the_seed_alone(fast_config: Callable[..., Config]) -> None:
-    from kdgen.generations import prepare_data
+    from kdgen.build import prepare_data
 
     def split(*overrides: str) -> dict[str, torch.Tensor]:
         data = prepare_data(fast_config(*overrides), torch.device("cpu"))

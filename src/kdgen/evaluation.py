@@ -7,19 +7,19 @@ from typing import Any
 
 import torch
 
-from kdgen.config import config_hash
-from kdgen.engine import evaluate
-from kdgen.errors import CheckpointError, RunDirError
-from kdgen.generations import (
-    build_model,
+from kdgen.build import (
     evaluation_settings,
     load_data,
+    load_model,
     prepare_data,
     resolve_device,
     run_numerics,
-    summary_header,
 )
-from kdgen.runs import RunFolder, atomic_write_json, check_identity, load_checkpoint
+from kdgen.config import config_hash
+from kdgen.engine import evaluate
+from kdgen.errors import RunDirError
+from kdgen.generations import summary_header
+from kdgen.runs import RunFolder, atomic_write_json
 
 
 def load_generation_model(
@@ -29,25 +29,7 @@ def load_generation_model(
     folder = RunFolder(run_dir)
     config = folder.read_config()
     dataset = load_data(config)
-    return _load_model(folder, config, dataset, generation, torch.device(device))
-
-
-def _load_model(folder, config, dataset, generation, device) -> torch.nn.Module:  # type: ignore[no-untyped-def]
-    path = folder.generation_checkpoint(generation)
-    payload = load_checkpoint(path)
-    expected = {
-        "model_name": config.model,
-        "num_classes": dataset.num_classes,
-        "in_channels": dataset.in_channels,
-    }
-    check_identity(payload, expected, "checkpoint", path)
-    model = build_model(config, dataset, generation, device)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
-    return model.eval()
+    return load_model(folder, config, dataset, generation, torch.device(device))
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test") -> dict[str, Any]:
@@ -66,7 +48,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
     settings = evaluation_settings(config, dataset)
     summary = summary_header(config, dataset, config_hash(config), numerics)
     for generation in folder.require_generations():
-        model = _load_model(folder, config, dataset, generation, torch_device)
+        model = load_model(folder, config, dataset, generation, torch_device)
         metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]
         summary["generations"].append({"generation": generation, split: metrics})
     atomic_write_json(folder.path / "eval.json", summary)

@@ -22,137 +22,41 @@ import torch
 from torch import nn
 
 from kdgen import distributed, losses, preemption
+from kdgen.build import (
+    PreparedData,
+    build_model,
+    evaluation_settings,
+    load_data,
+    prepare_data,
+    resolve_device,
+    run_numerics,
+)
 from kdgen.config import (
     Config,
     ScheduleConfig,
     config_diff,
     config_hash,
     effective_lr,
-    precision_setting,
     schedule_for,
     to_dict,
     to_yaml,
 )
-from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
-from kdgen.data.hierarchy import Hierarchy
+from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.metrics import ensemble_metrics
-from kdgen.models import create_model
-from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
+from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
 from kdgen.runs import RunFolder, check_identity, load_checkpoint, unique_folder
-from kdgen.seeding import derive_seed
 
 log = logging.getLogger("kdgen")
-
-# Salts keep the seeds of different uses of one config seed apart.
-_SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
-
-
-@dataclass
-class PreparedData:
-    dataset: DataSource
-    train_loader: Loader
-    eval_loaders: dict[str, Loader]
 
 
 @dataclass
 class RunResult:
     path: Path
     summary: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device='{name}' but CUDA is not available here; use device=cpu")
-    return device
-
-
-def load_data(config: Config) -> DataSource:
-    """The configured data source: in-memory tensors, or an image folder read by workers."""
-    return load_source(config.data, derive_seed(config.seed, _VAL_SALT))
-
-
-def build_hierarchy(config: Config, source: DataSource) -> Hierarchy | None:
-    """The class hierarchy for Dist^C and Dist^S: a user's file, else the data set's own."""
-    return source.class_hierarchy(config.data.hierarchy)
-
-
-def evaluation_settings(config: Config, source: DataSource) -> EvalSettings:
-    hierarchy = build_hierarchy(config, source)
-    if hierarchy is None:
-        return EvalSettings(k=config.k, every=config.eval_every)
-    return EvalSettings(
-        coarse_of_fine=hierarchy.coarse_of_fine(),
-        distance=hierarchy.distance_matrix(),
-        k=config.k,
-        every=config.eval_every,
-    )
-
-
-def prepare_data(
-    config: Config,
-    device: torch.device,
-    dataset: DataSource | None = None,
-    dist: Distributed = SINGLE,
-    channels_last: bool | None = None,
-) -> PreparedData:
-    """Loaders for one run. The training subset and the validation split depend on the
-    seed alone, so every process run with one seed sees the same data; the training
-    loader's stream (order, crops, flips) depends on (seed, generation, epoch), and the
-    loop over generations sets its generation before training each one. Batches come in
-    channels_last layout if ``channels_last`` (by default: as ``config`` says).
-
-    ``data.batch_size`` is the global batch: with several ranks each loader yields this
-    rank's slice of it (``shard=dist.shard``), and the evaluation batch is shared alike.
-    """
-    dataset = dataset or load_data(config)
-    data = config.data
-    if channels_last is None:
-        channels_last = resolve_channels_last(config.channels_last, device)
-    settings = LoaderSettings(
-        batch_size=dist.local_batch(data.batch_size),
-        eval_batch_size=-(-data.eval_batch_size // dist.world_size),
-        device=device,
-        seed=config.seed,
-        global_batch_size=data.batch_size,
-        train_subset=data.train_subset,
-        subset_seed=derive_seed(config.seed, _SUBSET_SALT),
-        val_size=data.val_size,
-        val_seed=derive_seed(config.seed, _VAL_SALT),
-        augment=Augment(data.crop_padding, data.flip),
-        channels_last=channels_last,
-        shard=dist.shard,
-    )
-    train_loader, eval_loaders = dataset.run_loaders(settings)
-    return PreparedData(dataset, train_loader, eval_loaders)
-
-
-def build_model(
-    config: Config,
-    dataset: DataSource,
-    generation: int,
-    device: torch.device,
-    channels_last: bool | None = None,
-) -> nn.Module:
-    """A freshly initialised model of one generation; its init depends on (seed, generation).
-    Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
-    says)."""
-    torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
-    model = create_model(
-        config.model, dataset.num_classes, dataset.in_channels, **config.model_args
-    )
-    model = model.to(device)
-    if channels_last is None:
-        channels_last = resolve_channels_last(config.channels_last, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def is_tolerant(config: Config, generation: int) -> bool:
@@ -402,22 +306,6 @@ def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.
             f"{folder.generation_checkpoint(generation)} belongs to another config"
         )
     model.load_state_dict(payload["model"])
-
-
-def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any]) -> Numerics:
-    """The precision and layout of a run: those its ``run.json`` recorded (``recorded``), so
-    that a resume computes as the run began, else chosen for ``device`` by the config.
-
-    A run from before the record trained as kdgen did then: bf16 autocast on CUDA only
-    (fp32 with amp=false), channels_last as configured or on CUDA only.
-    """
-    found = Numerics.from_record(recorded)
-    if found is not None:
-        return found
-    if recorded:
-        legacy = "bf16" if device.type == "cuda" and precision_setting(config) != "fp32" else "fp32"
-        return Numerics(legacy, resolve_channels_last(config.channels_last, device))
-    return choose_numerics(precision_setting(config), config.channels_last, device)
 
 
 def summary_header(

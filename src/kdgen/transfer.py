@@ -30,12 +30,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kdgen.build import load_data, load_model, resolve_device
 from kdgen.config import Config
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
 from kdgen.errors import ConfigError, DataError
-from kdgen.evaluation import _load_model
-from kdgen.generations import load_data, resolve_device
 from kdgen.precision import resolve_channels_last
 from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.seeding import derive_seed
@@ -344,7 +343,7 @@ def transfer_run(
     settings = {"C": C, "max_iter": max_iter, "classifier": classifier}
     result = _header(data, config, target, train, test, adaptation, settings, seed)
     for generation in generations:
-        model = _load_model(folder, config, source, generation, torch_device)
+        model = load_model(folder, config, source, generation, torch_device)
         entry, probe, dim = _probe_generation(model, loaders, adapter, settings)
         result["generations"].append({"generation": generation, **entry})
         result["classifier"], result["feature_dim"] = probe.classifier, dim

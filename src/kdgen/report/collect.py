@@ -174,7 +174,7 @@ def class_info(run: Run) -> ClassInfo:
         value = json.loads(path.read_text())
         return ClassInfo(list(value["class_names"]), value.get("coarse_of_fine"))
     try:
-        from kdgen.generations import load_data
+        from kdgen.build import load_data
 
         dataset = load_data(run.folder.read_config())
         return ClassInfo(list(dataset.class_names), dataset.coarse_of_fine)

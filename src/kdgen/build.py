@@ -1,0 +1,164 @@
+"""Everything a run is built from: the device, the data and its loaders, the class
+hierarchy, the precision and layout, and the models of each generation.
+
+Training (:mod:`kdgen.generations`), re-evaluation (:mod:`kdgen.evaluation`), transfer,
+the report and the benchmarks all build their pieces here, the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdgen.config import Config, precision_setting
+from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
+from kdgen.data.hierarchy import Hierarchy
+from kdgen.distributed import SINGLE, Distributed
+from kdgen.engine import EvalSettings
+from kdgen.errors import CheckpointError, ConfigError
+from kdgen.models import create_model
+from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
+from kdgen.runs import RunFolder, check_identity, load_checkpoint
+from kdgen.seeding import derive_seed
+
+# Salts keep the seeds of different uses of one config seed apart.
+_SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
+
+
+@dataclass
+class PreparedData:
+    dataset: DataSource
+    train_loader: Loader
+    eval_loaders: dict[str, Loader]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device='{name}' but CUDA is not available here; use device=cpu")
+    return device
+
+
+def load_data(config: Config) -> DataSource:
+    """The configured data source: in-memory tensors, or an image folder read by workers."""
+    return load_source(config.data, derive_seed(config.seed, _VAL_SALT))
+
+
+def build_hierarchy(config: Config, source: DataSource) -> Hierarchy | None:
+    """The class hierarchy for Dist^C and Dist^S: a user's file, else the data set's own."""
+    return source.class_hierarchy(config.data.hierarchy)
+
+
+def evaluation_settings(config: Config, source: DataSource) -> EvalSettings:
+    hierarchy = build_hierarchy(config, source)
+    if hierarchy is None:
+        return EvalSettings(k=config.k, every=config.eval_every)
+    return EvalSettings(
+        coarse_of_fine=hierarchy.coarse_of_fine(),
+        distance=hierarchy.distance_matrix(),
+        k=config.k,
+        every=config.eval_every,
+    )
+
+
+def prepare_data(
+    config: Config,
+    device: torch.device,
+    dataset: DataSource | None = None,
+    dist: Distributed = SINGLE,
+    channels_last: bool | None = None,
+) -> PreparedData:
+    """Loaders for one run. The training subset and the validation split depend on the
+    seed alone, so every process run with one seed sees the same data; the training
+    loader's stream (order, crops, flips) depends on (seed, generation, epoch), and the
+    loop over generations sets its generation before training each one. Batches come in
+    channels_last layout if ``channels_last`` (by default: as ``config`` says).
+
+    ``data.batch_size`` is the global batch: with several ranks each loader yields this
+    rank's slice of it (``shard=dist.shard``), and the evaluation batch is shared alike.
+    """
+    dataset = dataset or load_data(config)
+    data = config.data
+    if channels_last is None:
+        channels_last = resolve_channels_last(config.channels_last, device)
+    settings = LoaderSettings(
+        batch_size=dist.local_batch(data.batch_size),
+        eval_batch_size=-(-data.eval_batch_size // dist.world_size),
+        device=device,
+        seed=config.seed,
+        global_batch_size=data.batch_size,
+        train_subset=data.train_subset,
+        subset_seed=derive_seed(config.seed, _SUBSET_SALT),
+        val_size=data.val_size,
+        val_seed=derive_seed(config.seed, _VAL_SALT),
+        augment=Augment(data.crop_padding, data.flip),
+        channels_last=channels_last,
+        shard=dist.shard,
+    )
+    train_loader, eval_loaders = dataset.run_loaders(settings)
+    return PreparedData(dataset, train_loader, eval_loaders)
+
+
+def build_model(
+    config: Config,
+    dataset: DataSource,
+    generation: int,
+    device: torch.device,
+    channels_last: bool | None = None,
+) -> nn.Module:
+    """A freshly initialised model of one generation; its init depends on (seed, generation).
+    Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
+    says)."""
+    torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
+    model = create_model(
+        config.model, dataset.num_classes, dataset.in_channels, **config.model_args
+    )
+    model = model.to(device)
+    if channels_last is None:
+        channels_last = resolve_channels_last(config.channels_last, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any]) -> Numerics:
+    """The precision and layout of a run: those its ``run.json`` recorded (``recorded``), so
+    that a resume computes as the run began, else chosen for ``device`` by the config.
+
+    A run from before the record trained as kdgen did then: bf16 autocast on CUDA only
+    (fp32 with amp=false), channels_last as configured or on CUDA only.
+    """
+    found = Numerics.from_record(recorded)
+    if found is not None:
+        return found
+    if recorded:
+        legacy = "bf16" if device.type == "cuda" and precision_setting(config) != "fp32" else "fp32"
+        return Numerics(legacy, resolve_channels_last(config.channels_last, device))
+    return choose_numerics(precision_setting(config), config.channels_last, device)
+
+
+def load_model(
+    folder: RunFolder, config: Config, source: DataSource, generation: int, device: torch.device
+) -> nn.Module:
+    """The final model of one generation of the run in ``folder`` (whose config and data
+    source are ``config`` and ``source``), checked against them, in eval mode."""
+    path = folder.generation_checkpoint(generation)
+    payload = load_checkpoint(path)
+    expected = {
+        "model_name": config.model,
+        "num_classes": source.num_classes,
+        "in_channels": source.in_channels,
+    }
+    check_identity(payload, expected, "checkpoint", path)
+    model = build_model(config, source, generation, device)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
+    return model.eval()
