@@ -10,8 +10,7 @@ import torch
 
 from kdgen.cli import main
 from kdgen.errors import ConfigError
-from kdgen.generations import ensemble_members
-from kdgen.metrics import classification_metrics, ensemble_metrics
+from kdgen.metrics import classification_metrics, ensemble_members, ensemble_metrics
 from kdgen.runs import RunFolder
 from kdgen.sweep import parse_spec, plan_sweep, run_sweep
 from tests.conftest import FAST

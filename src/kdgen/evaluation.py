@@ -18,8 +18,7 @@ from kdgen.build import (
 from kdgen.config import config_hash
 from kdgen.engine import evaluate
 from kdgen.errors import RunDirError
-from kdgen.generations import summary_header
-from kdgen.runs import RunFolder, atomic_write_json
+from kdgen.runs import RunFolder, atomic_write_json, summary_header
 
 
 def load_generation_model(

@@ -34,7 +34,6 @@ from kdgen.build import (
 from kdgen.config import (
     Config,
     ScheduleConfig,
-    config_diff,
     config_hash,
     effective_lr,
     schedule_for,
@@ -44,11 +43,20 @@ from kdgen.config import (
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
-from kdgen.errors import CheckpointError, ConfigError, RunDirError
-from kdgen.metrics import ensemble_metrics
+from kdgen.errors import CheckpointError, ConfigError
+from kdgen.metrics import ensemble_summaries
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
-from kdgen.runs import RunFolder, check_identity, load_checkpoint, unique_folder
+from kdgen.runs import (
+    RunFolder,
+    check_identity,
+    classes_record,
+    generation_entry,
+    load_checkpoint,
+    lr_record,
+    open_run_folder,
+    summary_header,
+)
 
 log = logging.getLogger("kdgen")
 
@@ -153,34 +161,6 @@ class RunHooks(Hooks):
             epoch=state["epoch"],
             step=state.get("step", 0),
         )
-
-
-def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
-    """The run folder to write into; refuses to overwrite results unless resuming."""
-    if config.out_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
-    path = Path(config.out_dir)
-    folder = RunFolder(path)
-    if resume:
-        folder.require_run("cannot resume: ")
-        diff = config_diff(folder.read_config(), config)
-        if diff:
-            raise RunDirError(
-                f"cannot resume {path}: its config differs ({'; '.join(diff)}); "
-                "resume without overrides, or use --force-new to start a new run"
-            )
-        return folder
-    if folder.has_results():
-        if not force_new:
-            raise RunDirError(
-                f"{path} already holds a run; resume it with --resume {path}, "
-                "or pass --force-new to write into a new folder"
-            )
-        folder = RunFolder(unique_folder(path))
-        config.out_dir = str(folder.path)
-    folder.path.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distributed) -> RunFolder:
@@ -306,57 +286,6 @@ def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.
             f"{folder.generation_checkpoint(generation)} belongs to another config"
         )
     model.load_state_dict(payload["model"])
-
-
-def summary_header(
-    config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
-) -> dict[str, Any]:
-    return {
-        "name": config.name,
-        "process": config.process,
-        "eta": config.eta,
-        "lam": config.lam,
-        "regularizer": config.regularizer,
-        "k": config.k,
-        "regularizer_form": config.regularizer_form,
-        "regularize_all_teachers": config.regularize_all_teachers,
-        "temperature": config.temperature,
-        "model": config.model,
-        "data": config.data.name,
-        "num_classes": dataset.num_classes,
-        "seed": config.seed,
-        **(numerics.record() if numerics else {}),
-        "config_hash": digest,
-        "generations": [],
-    }
-
-
-def _generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
-    return {
-        "generation": generation,
-        "teacher": None if generation == 0 else generation - 1,
-        "epochs": epochs,
-        "train": final.get("train"),
-        "val": final.get("val"),
-        "test": final.get("test"),
-    }
-
-
-def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
-    """``classes.json``: class names and the coarse groups used by Dist^C."""
-    coarse = evaluation.coarse_of_fine
-    return {
-        "class_names": source.class_names,
-        "coarse_of_fine": None if coarse is None else coarse.tolist(),
-    }
-
-
-def lr_record(config: Config) -> dict[str, float]:
-    """The effective peak learning rate of each generation (``schedule.lr_scaling``)."""
-    return {
-        str(g): effective_lr(schedule_for(config, g), config.data.batch_size)
-        for g in range(config.generations + 1)
-    }
 
 
 def train_generations(
@@ -495,7 +424,10 @@ def _run_generations(
         teacher = freeze(model) if teaches else None
         dist.barrier()  # rank 0's gen{g}.pt and logits are on disk for every rank
     if dist.is_main():
-        summary["ensembles"] = _ensembles(folder, config.generations, evaluation)
+        saved = {g: folder.load_logits(g) for g in range(config.generations + 1)}
+        summary["ensembles"] = ensemble_summaries(
+            saved, evaluation.coarse_of_fine, evaluation.k, evaluation.distance
+        )
         folder.write_summary(summary)
 
 
@@ -539,36 +471,6 @@ def _save_generation(
         _model_checkpoint(config, data.dataset, generation, model, digest),
     )
     summary["generations"] = [e for e in summary["generations"] if e["generation"] != generation]
-    summary["generations"].append(_generation_entry(generation, final, epochs))
+    summary["generations"].append(generation_entry(generation, final, epochs))
     folder.write_summary(summary)
     folder.write_metrics_csv()
-
-
-def ensemble_members(last_generation: int) -> dict[str, list[int]]:
-    """The ensembles of docs/method.md: all generations, and the last k for k = 2 and 3."""
-    everyone = list(range(last_generation + 1))
-    members = {"all": everyone}
-    for k in (2, 3):
-        if k < len(everyone):
-            members[f"last{k}"] = everyone[-k:]
-    return members if len(everyone) > 1 else {}
-
-
-def _ensembles(
-    folder: RunFolder, last_generation: int, evaluation: EvalSettings
-) -> list[dict[str, Any]]:
-    """Metrics of softmax-averaging ensembles, from the saved logits (no model reruns)."""
-    saved = {g: folder.load_logits(g) for g in range(last_generation + 1)}
-    entries = []
-    for name, members in ensemble_members(last_generation).items():
-        entry: dict[str, Any] = {"name": name, "members": members}
-        for split, (_, labels) in saved[members[0]].items():
-            entry[split] = ensemble_metrics(
-                [saved[g][split][0] for g in members],
-                labels,
-                evaluation.coarse_of_fine,
-                evaluation.k,
-                evaluation.distance,
-            )
-        entries.append(entry)
-    return entries

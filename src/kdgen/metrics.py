@@ -12,6 +12,8 @@ the ground truth.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -113,3 +115,31 @@ def ensemble_metrics(
     probs = torch.stack([torch.softmax(logits.float(), dim=1) for logits in member_logits])
     # log of the mean probability is a valid logit vector: its softmax is the mean itself.
     return classification_metrics(probs.mean(dim=0).log(), labels, coarse_of_fine, k, distance)
+
+
+def ensemble_members(last_generation: int) -> dict[str, list[int]]:
+    """The ensembles of docs/method.md: all generations, and the last k for k = 2 and 3."""
+    everyone = list(range(last_generation + 1))
+    members = {"all": everyone}
+    for k in (2, 3):
+        if k < len(everyone):
+            members[f"last{k}"] = everyone[-k:]
+    return members if len(everyone) > 1 else {}
+
+
+def ensemble_summaries(
+    saved: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    coarse_of_fine: torch.Tensor | None = None,
+    k: int = 5,
+    distance: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Metrics of the softmax-averaging ensembles of :func:`ensemble_members`, per split,
+    from each generation's saved ``{split: (logits, labels)}`` (no model reruns)."""
+    entries = []
+    for name, members in ensemble_members(max(saved)).items():
+        entry: dict[str, Any] = {"name": name, "members": members}
+        for split, (_, labels) in saved[members[0]].items():
+            logits = [saved[g][split][0] for g in members]
+            entry[split] = ensemble_metrics(logits, labels, coarse_of_fine, k, distance)
+        entries.append(entry)
+    return entries

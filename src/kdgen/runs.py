@@ -28,12 +28,23 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kdgen.config import Config, config_diff, config_from_yaml
+from kdgen.config import (
+    Config,
+    config_diff,
+    config_from_yaml,
+    effective_lr,
+    schedule_for,
+)
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
+
+if TYPE_CHECKING:
+    from kdgen.data import DataSource
+    from kdgen.engine import EvalSettings
+    from kdgen.precision import Numerics
 
 CHECKPOINT_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -326,6 +337,87 @@ class RunFolder:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+
+
+def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
+    """The run folder to write into; refuses to overwrite results unless resuming."""
+    if config.out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
+    path = Path(config.out_dir)
+    folder = RunFolder(path)
+    if resume:
+        folder.require_run("cannot resume: ")
+        diff = config_diff(folder.read_config(), config)
+        if diff:
+            raise RunDirError(
+                f"cannot resume {path}: its config differs ({'; '.join(diff)}); "
+                "resume without overrides, or use --force-new to start a new run"
+            )
+        return folder
+    if folder.has_results():
+        if not force_new:
+            raise RunDirError(
+                f"{path} already holds a run; resume it with --resume {path}, "
+                "or pass --force-new to write into a new folder"
+            )
+        folder = RunFolder(unique_folder(path))
+        config.out_dir = str(folder.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def summary_header(
+    config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
+) -> dict[str, Any]:
+    """``summary.json`` before any generation: the method's settings and the run's."""
+    return {
+        "name": config.name,
+        "process": config.process,
+        "eta": config.eta,
+        "lam": config.lam,
+        "regularizer": config.regularizer,
+        "k": config.k,
+        "regularizer_form": config.regularizer_form,
+        "regularize_all_teachers": config.regularize_all_teachers,
+        "temperature": config.temperature,
+        "model": config.model,
+        "data": config.data.name,
+        "num_classes": dataset.num_classes,
+        "seed": config.seed,
+        **(numerics.record() if numerics else {}),
+        "config_hash": digest,
+        "generations": [],
+    }
+
+
+def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """A finished generation's entry in ``summary.json``: its final metrics per split."""
+    return {
+        "generation": generation,
+        "teacher": None if generation == 0 else generation - 1,
+        "epochs": epochs,
+        "train": final.get("train"),
+        "val": final.get("val"),
+        "test": final.get("test"),
+    }
+
+
+def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
+    """``classes.json``: class names and the coarse groups used by Dist^C."""
+    coarse = evaluation.coarse_of_fine
+    return {
+        "class_names": source.class_names,
+        "coarse_of_fine": None if coarse is None else coarse.tolist(),
+    }
+
+
+def lr_record(config: Config) -> dict[str, float]:
+    """The effective peak learning rate of each generation (``schedule.lr_scaling``)."""
+    return {
+        str(g): effective_lr(schedule_for(config, g), config.data.batch_size)
+        for g in range(config.generations + 1)
+    }
 
 
 def check_identity(
