@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdgen import engine, generations, preemption, runs
+from kdgen import generations, preemption, runs, seeding
 from kdgen.cli import main
 from kdgen.config import Config, config_hash
 from kdgen.errors import CheckpointError
@@ -136,9 +136,9 @@ def test_resumable_checkpoint_contents_and_config_check(
 
     random.seed(3)
     np.random.seed(3)
-    engine.restore_rng_state({**state, "torch_rng": torch.get_rng_state()})
+    seeding.restore_rng_state({**state, "torch_rng": torch.get_rng_state()})
     saved_python, saved_numpy = random.random(), np.random.rand()
-    engine.restore_rng_state({**state, "torch_rng": torch.get_rng_state()})
+    seeding.restore_rng_state({**state, "torch_rng": torch.get_rng_state()})
     assert (random.random(), np.random.rand()) == (saved_python, saved_numpy)
 
     other = fast_config("process=D(0.7,0.6)", out="run")
@@ -152,12 +152,12 @@ def test_resumable_checkpoint_contents_and_config_check(
 def test_cpu_state_has_no_cuda_rng_and_restores_without_it() -> None:
     """On a process that never used CUDA nothing is saved for it, and a state without it
     (CPU, or an older checkpoint) restores the CPU generator alone."""
-    assert engine.cuda_rng_state() == {}
+    assert seeding.cuda_rng_state() == {}
     torch.manual_seed(5)
     state = {"torch_rng": torch.get_rng_state()}
     expected = torch.rand(3)
     torch.manual_seed(6)
-    engine.restore_rng_state(state)
+    seeding.restore_rng_state(state)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -170,11 +170,11 @@ def test_cuda_rng_is_saved_per_device_and_restored_on_the_devices_present(
     restored: list[tuple[int, int]] = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
-    assert engine.cuda_rng_state() == {"cuda_rng": states}
+    assert seeding.cuda_rng_state() == {"cuda_rng": states}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(
         torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state), device))
     )
-    engine.restore_rng_state({"torch_rng": torch.get_rng_state(), "cuda_rng": states})
+    seeding.restore_rng_state({"torch_rng": torch.get_rng_state(), "cuda_rng": states})
     assert restored == [(1, 0)]

@@ -11,13 +11,11 @@ shard of the evaluation logits, so every rank sees the metrics of the whole spli
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -29,6 +27,7 @@ from kdgen.errors import NumericalError
 from kdgen.metrics import classification_metrics
 from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
+from kdgen.seeding import restore_rng_state, rng_state
 
 LossTerms = dict[str, torch.Tensor]
 """A loss and its parts: ``"loss"`` (the total that is minimised) and named components
@@ -367,51 +366,6 @@ def _evaluate_all(
     return metrics_by_split, outputs
 
 
-def python_rng_state() -> dict[str, Any]:
-    """Python's and NumPy's global RNG states as plain lists, ints and tensors, so that a
-    checkpoint holding them loads with ``weights_only=True``."""
-    version, internal, gauss_next = random.getstate()
-    algorithm, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
-    return {
-        "python_rng": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-        "numpy_rng": {
-            "algorithm": str(algorithm),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-
-
-def cuda_rng_state() -> dict[str, Any]:
-    """The RNG state of every CUDA device once this process uses CUDA (else nothing: asking
-    would create a CUDA context on every card for a run on the CPU)."""
-    if not torch.cuda.is_initialized():
-        return {}
-    return {"cuda_rng": torch.cuda.get_rng_state_all()}
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the torch (CPU and, where saved and available, CUDA), Python and NumPy RNG
-    states saved in a resumable state. A state without CUDA's (saved on a machine without
-    CUDA, or by an older version) leaves the CUDA generators as they are; a state saved
-    with more devices than this machine has restores those it has."""
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        for index, device_state in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(device_state, index)
-    if "python_rng" in state:
-        saved = state["python_rng"]
-        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
-    if "numpy_rng" in state:
-        saved = state["numpy_rng"]
-        keys = saved["keys"].numpy().astype(np.uint32)
-        np.random.set_state(
-            (saved["algorithm"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
-        )
-
-
 def train_generation(
     model: nn.Module,
     train_loader: DeviceLoader,
@@ -487,9 +441,7 @@ def train_generation(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                **cuda_rng_state(),
-                **python_rng_state(),
+                **rng_state(),
                 **extra,
             }
         )
