@@ -7,17 +7,19 @@ the report and the benchmarks all build their pieces here, the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdgen import preemption
 from kdgen.config import Config, precision_setting
 from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.distributed import SINGLE, Distributed
-from kdgen.engine import EvalSettings
+from kdgen.engine import EvalSettings, TrainSettings
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.models import create_model
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
@@ -140,6 +142,24 @@ def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any])
         legacy = "bf16" if device.type == "cuda" and precision_setting(config) != "fp32" else "fp32"
         return Numerics(legacy, resolve_channels_last(config.channels_last, device))
     return choose_numerics(precision_setting(config), config.channels_last, device)
+
+
+def train_settings(
+    config: Config,
+    dist: Distributed = SINGLE,
+    stop_requested: Callable[[], bool] | None = None,
+) -> TrainSettings:
+    """How the engine runs every generation of ``config`` on this rank; it stops when
+    ``stop_requested()`` (by default: a stop signal, see :mod:`kdgen.preemption`)."""
+    return TrainSettings(
+        progress=config.progress and dist.is_main(),
+        dist=dist,
+        sync_batchnorm=config.sync_batchnorm,
+        stop_requested=stop_requested or preemption.stop_requested,
+        max_grad_norm=config.max_grad_norm,
+        check_every=config.check_every,
+        compile_model=config.compile,
+    )
 
 
 def load_model(

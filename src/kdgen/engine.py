@@ -302,52 +302,57 @@ class NumericsGuard:
         )
 
 
-def _train_epoch(
-    model: nn.Module,
-    teacher: nn.Module | None,
-    loader: DeviceLoader,
-    loss_fn: LossFn,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    precision: str,
-    dist: Distributed = SINGLE,
-    progress: EpochProgress | None = None,
-    stop_requested: Callable[[], bool] = _never,
-    guard: NumericsGuard | None = None,
-) -> dict[str, float] | None:
+@dataclass
+class EpochContext:
+    """What a training epoch works with: the module to train (``model``, possibly inside
+    DDP or compiled), the frozen ``teacher`` or None, the loader, loss, optimiser and
+    schedule, the forward ``precision``, the ranks, the stop predicate and the guard."""
+
+    model: nn.Module
+    teacher: nn.Module | None
+    loader: DeviceLoader
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: str = "fp32"
+    dist: Distributed = SINGLE
+    stop_requested: Callable[[], bool] = _never
+    guard: NumericsGuard = field(default_factory=NumericsGuard)
+
+
+def _train_epoch(context: EpochContext, progress: EpochProgress) -> dict[str, float] | None:
     """One pass over the training split, from ``progress.step`` on. Sums stay on the
     device: one host sync per epoch (with several ranks, after summing the totals over
     them). Returns None, with ``progress`` updated, when ``stop_requested()`` turns true
     before the epoch's last step. The forward passes run in ``precision``; the loss is
     computed in float32 from float32 logits."""
+    model, loader, guard = context.model, context.loader, context.guard
     model.train()
     device = loader.device
-    progress = progress or EpochProgress()
     progress.start(device)
-    guard = guard or NumericsGuard(dist=dist)
     guard.start(device)
     steps = len(loader)
     for step, (images, targets) in enumerate(loader):
         if step < progress.step:
             continue  # trained on before the interruption; drawn to advance the generator
-        with autocast(device, precision):
+        with autocast(device, context.precision):
             logits = model(images).float()
-            teacher_logits = _teacher_logits(teacher, images)
-        terms = as_terms(loss_fn(logits, targets, teacher_logits))
+            teacher_logits = _teacher_logits(context.teacher, images)
+        terms = as_terms(context.loss_fn(logits, targets, teacher_logits))
         loss = terms["loss"]
-        optimizer.zero_grad(set_to_none=True)
+        context.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         guard.after_backward(model, loss)
-        optimizer.step()
-        scheduler.step()
+        context.optimizer.step()
+        context.scheduler.step()
         progress.add(terms, logits, targets)
         progress.step = step + 1
         guard.check(progress.step)
-        if progress.step < steps and stop_requested():
+        if progress.step < steps and context.stop_requested():
             guard.check(progress.step, force=True)  # never save a bad state
             return None
     guard.check(progress.step, force=True)
-    return progress.totals(dist, device)
+    return progress.totals(context.dist, device)
 
 
 def _evaluate_all(
@@ -366,6 +371,27 @@ def _evaluate_all(
     return metrics_by_split, outputs
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :func:`train_generation` runs, the same for every generation of a run.
+
+    ``progress`` shows a tqdm bar. ``dist`` holds the ranks (see :mod:`kdgen.distributed`);
+    ``sync_batchnorm`` makes BatchNorm use global-batch statistics under DDP.
+    ``stop_requested`` is a cheap predicate polled after each optimiser step (preemption).
+    A gradient norm above ``max_grad_norm`` (None: no bound) or a non-finite loss stops
+    training; the host reads the device's flags every ``check_every`` steps.
+    ``compile_model`` trains a ``torch.compile``d module.
+    """
+
+    progress: bool = False
+    dist: Distributed = SINGLE
+    sync_batchnorm: bool = True
+    stop_requested: Callable[[], bool] = _never
+    max_grad_norm: float | None = None
+    check_every: int = 50
+    compile_model: bool = False
+
+
 def train_generation(
     model: nn.Module,
     train_loader: DeviceLoader,
@@ -379,13 +405,7 @@ def train_generation(
     precision: str = "fp32",
     hooks: Hooks | None = None,
     resume_state: dict[str, Any] | None = None,
-    progress: bool = False,
-    dist: Distributed = SINGLE,
-    sync_batchnorm: bool = True,
-    stop_requested: Callable[[], bool] | None = None,
-    max_grad_norm: float | None = None,
-    check_every: int = 50,
-    compile_model: bool = False,
+    settings: TrainSettings | None = None,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
 
@@ -396,23 +416,25 @@ def train_generation(
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
     ``resume_state`` continues from a saved state: the end of an epoch, or a step inside
-    one (its ``"step"`` and ``"partial"`` sums). With several ranks in
-    ``dist`` the loaders must be sharded (``shard=dist.shard``); ``model`` is trained
-    inside DDP (its BatchNorm layers made global-batch, in place, if ``sync_batchnorm``)
-    and rank 0's buffers are copied to all ranks after each epoch, so every rank ends
-    with the same weights. Saved states hold ``model``'s own state_dict (no ``module.``).
+    one (its ``"step"`` and ``"partial"`` sums). ``settings`` say how to run (see
+    :class:`TrainSettings`). With several ranks in ``settings.dist`` the loaders must be
+    sharded (``shard=dist.shard``); ``model`` is trained inside DDP (its BatchNorm layers
+    made global-batch, in place, if ``sync_batchnorm``) and rank 0's buffers are copied to
+    all ranks after each epoch, so every rank ends with the same weights. Saved states
+    hold ``model``'s own state_dict (no ``module.``).
 
-    ``stop_requested`` (a cheap Python predicate, polled after each optimiser step) makes
-    the engine save a resumable state through ``hooks`` and raise
-    :class:`~kdgen.preemption.TrainingStopped`. A non-finite loss, or a gradient norm
-    above ``max_grad_norm``, raises :class:`~kdgen.errors.NumericalError` (read on the host
-    every ``check_every`` steps and before every save, so no bad state is saved).
+    When ``settings.stop_requested()`` turns true the engine saves a resumable state
+    through ``hooks`` and raises :class:`~kdgen.preemption.TrainingStopped`. A non-finite
+    loss, or a gradient norm above ``max_grad_norm``, raises
+    :class:`~kdgen.errors.NumericalError` (read on the host every ``check_every`` steps and
+    before every save, so no bad state is saved).
     """
     if teacher is not None and teacher is model:
         raise ValueError("the teacher must be a frozen copy, not the student itself")
     hooks = hooks or Hooks()
     evaluation = evaluation or EvalSettings()
-    stop = stop_requested or _never
+    settings = settings or TrainSettings()
+    dist, stop = settings.dist, settings.stop_requested
     optimizer = make_optimizer(model, schedule)
     scheduler = make_scheduler(optimizer, schedule, len(train_loader))
     start_epoch, train_metrics, partial = 0, {}, EpochProgress()
@@ -424,8 +446,8 @@ def train_generation(
         start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
         partial = EpochProgress.from_state(resume_state.get("partial"), dist)
     epoch = start_epoch
-    net = dist.wrap(model, sync_batchnorm)
-    if compile_model:  # compile time shows as the first epoch's extra seconds in the log
+    net = dist.wrap(model, settings.sync_batchnorm)
+    if settings.compile_model:  # compile time shows as the first epoch's extra seconds
         net = torch.compile(net)
 
     def log(split: str, metrics: dict[str, Any]) -> None:
@@ -450,28 +472,19 @@ def train_generation(
         total=schedule.epochs,
         initial=start_epoch,
         desc=f"gen {generation}",
-        disable=not progress,
+        disable=not settings.progress,
         dynamic_ncols=True,
     )
     result = GenerationResult(model=model)
-    guard = NumericsGuard(max_grad_norm, check_every, generation, dist=dist)
+    guard = NumericsGuard(settings.max_grad_norm, settings.check_every, generation, dist=dist)
+    context = EpochContext(
+        net, teacher, train_loader, loss_fn, optimizer, scheduler, precision, dist, stop, guard
+    )
     while epoch < schedule.epochs:
         train_loader.set_epoch(epoch)
         guard.epoch = epoch + 1
         started = time.perf_counter()
-        metrics = _train_epoch(
-            net,
-            teacher,
-            train_loader,
-            loss_fn,
-            optimizer,
-            scheduler,
-            precision,
-            dist,
-            partial,
-            stop,
-            guard,
-        )
+        metrics = _train_epoch(context, partial)
         if metrics is None:  # stopped inside the epoch: save where it stands, then stop
             save({"step": partial.step, "partial": partial.to_state(dist)})
             bar.close()

@@ -30,6 +30,7 @@ from kdgen.build import (
     prepare_data,
     resolve_device,
     run_numerics,
+    train_settings,
 )
 from kdgen.config import (
     Config,
@@ -409,13 +410,7 @@ def _run_generations(
                 precision=numerics.precision,
                 hooks=hooks,
                 resume_state=resume_state,
-                progress=config.progress and dist.is_main(),
-                dist=dist,
-                sync_batchnorm=config.sync_batchnorm,
-                stop_requested=stop_requested,
-                max_grad_norm=config.max_grad_norm,
-                check_every=config.check_every,
-                compile_model=config.compile,
+                settings=train_settings(config, dist, stop_requested),
             )
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
         folder.save_logits(generation, outputs)
