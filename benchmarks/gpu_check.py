@@ -32,7 +32,7 @@ from kdgen.build import build_model, prepare_data
 from kdgen.config import Config, build_config
 from kdgen.data import ImageDataset, load_dataset
 from kdgen.engine import freeze, train_generation
-from kdgen.generations import make_loss
+from kdgen.policy import make_loss
 
 BATCH = 128
 # Tolerances on the relative loss error and on the relative L2 error of the whole gradient

@@ -55,8 +55,8 @@ from kdgen.config import Config, build_config, precision_setting
 from kdgen.data import ImageDataset, ImageSplit, load_dataset
 from kdgen.data.tensors import DeviceLoader
 from kdgen.engine import freeze, make_optimizer, predict, train_generation
-from kdgen.generations import make_loss, uses_teacher
 from kdgen.models import create_model
+from kdgen.policy import make_loss, uses_teacher
 from kdgen.precision import autocast, choose_numerics, resolve_precision
 
 MODES = (

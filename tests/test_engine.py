@@ -10,8 +10,8 @@ import torch
 from kdgen.build import build_model, prepare_data
 from kdgen.config import ScheduleConfig, build_config
 from kdgen.engine import EvalSettings, Hooks, freeze, lr_factor, predict, train_generation
-from kdgen.generations import make_loss
 from kdgen.models import create_model
+from kdgen.policy import make_loss
 
 CPU = torch.device("cpu")
 

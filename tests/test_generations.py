@@ -13,7 +13,8 @@ import yaml
 from kdgen import engine, generations, losses
 from kdgen.config import Config, build_config
 from kdgen.errors import CheckpointError, RunDirError
-from kdgen.generations import make_loss, train_generations
+from kdgen.generations import train_generations
+from kdgen.policy import make_loss
 from kdgen.runs import RunFolder, load_checkpoint
 
 SPLIT_KEYS = {"top1", "top5", "nll", "mean_max_prob", "entropy", "dist_c", "dist_s"}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from kdgen import losses
-from kdgen.config import build_config
+from kdgen.config import build_config, config_hash
 from kdgen.errors import ConfigError
-from kdgen.policy import is_strict, patriarch_key
+from kdgen.policy import is_strict, loss_settings, make_loss, patriarch_key
 
 
 def test_every_strict_patriarch_has_one_key() -> None:
@@ -42,3 +42,27 @@ def test_the_config_accepts_the_regularisers_the_losses_register(
     assert loss.item() == pytest.approx(0.5 * torch.log(torch.tensor(3.0)).item())
     with pytest.raises(ConfigError, match="regularizer_form='affine' must be one of convex"):
         build_config("smoke", ["regularizer_form=affine"])
+
+
+def test_a_new_student_loss_is_one_function_and_one_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match="student_loss='mse' must be one of kd"):
+        build_config("smoke", ["student_loss=mse"])
+
+    def mse(student, teacher, targets, lam, temperature=1.0, *, validate=True):  # type: ignore[no-untyped-def]
+        ce = torch.nn.functional.cross_entropy(student, targets)
+        return (1 - lam) * ce + lam * (student - teacher).pow(2).mean()
+
+    monkeypatch.setitem(losses.STUDENT_LOSSES, "mse", mse)
+    config = build_config("smoke", ["process=D(1.0,0.5)", "student_loss=mse"])
+    student, teacher = torch.zeros(2, 3), torch.ones(2, 3)
+    targets = torch.tensor([0, 1])
+    loss = make_loss(config, 1)(student, targets, teacher)
+    expected = 0.5 * torch.log(torch.tensor(3.0)) + 0.5 * 1.0
+    assert float(loss) == pytest.approx(float(expected))
+    assert loss_settings(config, 1)["student_loss"] == "mse"
+    assert "student_loss" not in loss_settings(build_config("smoke"), 1)
+    assert config_hash(build_config("smoke")) == config_hash(
+        build_config("smoke", ["student_loss=kd"])
+    )

@@ -11,7 +11,8 @@ import torch
 from kdgen import build, generations
 from kdgen.config import Config, build_config, config_hash, precision_setting
 from kdgen.errors import ConfigError
-from kdgen.generations import train_generations, uses_teacher
+from kdgen.generations import train_generations
+from kdgen.policy import uses_teacher
 from kdgen.precision import Numerics, choose_numerics, native_bf16, resolve_precision
 from kdgen.runs import RunFolder
 

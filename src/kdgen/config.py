@@ -102,6 +102,8 @@ class Config:
     regularizer_form: str = "convex"
     regularize_all_teachers: bool = False
     temperature: float = 1.0
+    # The students' loss, by name (kdgen.losses.STUDENT_LOSSES): kd is the paper's Eq. 2.
+    student_loss: str = "kd"
     patriarch: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -378,6 +380,10 @@ def _validate_loss_names(config: Config) -> None:
         config.regularizer_form in losses.FORMS,
         f"regularizer_form='{config.regularizer_form}' must be one of {', '.join(losses.FORMS)}",
     )
+    _check(
+        config.student_loss in losses.STUDENT_LOSSES,
+        f"student_loss='{config.student_loss}' must be one of {', '.join(losses.STUDENT_LOSSES)}",
+    )
 
 
 def _in_unit_interval(value: float) -> bool:
@@ -471,6 +477,7 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "precision": "auto",
     "amp": None,
     "model_args": {},
+    "student_loss": "kd",
 }
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 

@@ -11,7 +11,6 @@ of the data; rank 0 alone writes the run folder, and barriers follow its writes.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdgen import distributed, losses, preemption
+from kdgen import distributed, preemption
 from kdgen.build import (
     PreparedData,
     build_model,
@@ -43,9 +42,10 @@ from kdgen.config import (
 )
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
-from kdgen.engine import EvalSettings, Hooks, LossFn, evaluate, freeze, train_generation
+from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.metrics import ensemble_summaries
+from kdgen.policy import loss_settings, make_loss, uses_teacher
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
 from kdgen.runs import (
@@ -66,77 +66,6 @@ log = logging.getLogger("kdgen")
 class RunResult:
     path: Path
     summary: dict[str, Any]
-
-
-def is_tolerant(config: Config, generation: int) -> bool:
-    """Whether the tolerance regulariser R applies to this generation's loss."""
-    teaches = generation < config.generations
-    return generation == 0 or (config.regularize_all_teachers and teaches)
-
-
-def loss_settings(config: Config, generation: int) -> dict[str, Any]:
-    """What decides a generation's loss; stored in its checkpoint so it can be checked."""
-    settings: dict[str, Any] = {"generation_role": "patriarch" if generation == 0 else "student"}
-    if is_tolerant(config, generation) and config.eta == 1.0:
-        settings.update(eta=1.0)  # a strict teacher: the regulariser has no weight
-    elif is_tolerant(config, generation):
-        settings.update(
-            eta=config.eta,
-            regularizer=config.regularizer,
-            k=config.k,
-            regularizer_form=config.regularizer_form,
-        )
-    if generation > 0:
-        settings.update(lam=config.lam, temperature=config.temperature)
-    return settings
-
-
-def uses_teacher(config: Config, generation: int) -> bool:
-    """Whether a term of this generation's loss reads the teacher's logits: a student's
-    KD term, weighted lam. With lam = 0 no teacher is frozen and none runs forward."""
-    return generation > 0 and config.lam > 0
-
-
-def make_loss(config: Config, generation: int) -> LossFn:
-    """The loss of one generation and its parts: the teacher loss for M_0, the student loss
-    after it (``{"loss": total, "loss_ce": ..., "loss_reg"/"loss_kd": ...}``).
-
-    A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
-    with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
-    (our definition, docs/method.md "Where the regulariser applies").
-    """
-    tolerant = functools.partial(
-        losses.teacher_loss_terms,
-        eta=config.eta,
-        regularizer=config.regularizer,
-        k=config.k,
-        form=config.regularizer_form,
-        validate=False,
-    )
-    if generation == 0:
-        return lambda logits, targets, teacher_logits: tolerant(logits, targets)
-    lam, tau = config.lam, config.temperature
-    if not is_tolerant(config, generation) and not uses_teacher(config, generation):
-        # (1 - 0) * CE: the teacher's logits are not computed (see uses_teacher).
-        return lambda logits, targets, teacher_logits: losses.teacher_loss_terms(
-            logits, targets, eta=1.0, validate=False
-        )
-    if not is_tolerant(config, generation):
-        return lambda logits, targets, teacher_logits: losses.student_loss_terms(
-            logits, teacher_logits, targets, lam, tau, validate=False
-        )
-
-    def tolerant_student(
-        logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any
-    ) -> dict[str, torch.Tensor]:
-        terms = tolerant(logits, targets)
-        if lam == 0.0:
-            return terms
-        kd = losses.student_loss_terms(logits, teacher_logits, targets, 1.0, tau, validate=False)
-        total = (1 - lam) * terms["loss"] + lam * kd["loss"]
-        return {**terms, "loss": total, "loss_kd": kd["loss_kd"]}
-
-    return tolerant_student
 
 
 class RunHooks(Hooks):

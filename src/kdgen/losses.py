@@ -32,7 +32,9 @@ from kdgen.errors import ConfigError
 __all__ = [
     "FORMS",
     "REGULARIZERS",
+    "STUDENT_LOSSES",
     "Regularizer",
+    "StudentLoss",
     "check_targets",
     "confidence_penalty_reg",
     "label_smoothing_reg",
@@ -294,3 +296,16 @@ def student_loss(
         student_logits, teacher_logits, targets, lam, temperature, validate=validate
     )
     return terms["loss"]
+
+
+StudentLoss = Callable[..., "dict[str, Tensor] | Tensor"]
+"""A student loss: ``fn(student_logits, teacher_logits, targets, lam, temperature, *,
+validate)`` -> the batch-mean loss and its parts, ``{"loss": L, "loss_ce": ..., ...}`` (or
+the loss alone), with ``lam`` the weight of what the student learns from the teacher (see
+:func:`student_loss_terms`)."""
+
+STUDENT_LOSSES: dict[str, StudentLoss] = {
+    "kd": student_loss_terms,
+}
+"""Student losses by name (the config's ``student_loss``). A new one is one
+``StudentLoss`` function plus one entry."""

@@ -8,7 +8,16 @@ with weight ``lam``. Everything here is a pure function of the config.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
+import torch
+
+from kdgen import losses
 from kdgen.config import Config
+from kdgen.engine import LossFn, as_terms
+
+DEFAULT_STUDENT_LOSS = "kd"
 
 
 def is_strict(eta: float) -> bool:
@@ -23,3 +32,78 @@ def patriarch_key(config: Config) -> tuple[object, ...]:
     if is_strict(config.eta):
         return ("strict",)
     return (config.eta, config.regularizer, config.k, config.regularizer_form)
+
+
+def is_tolerant(config: Config, generation: int) -> bool:
+    """Whether the tolerance regulariser R applies to this generation's loss."""
+    teaches = generation < config.generations
+    return generation == 0 or (config.regularize_all_teachers and teaches)
+
+
+def loss_settings(config: Config, generation: int) -> dict[str, Any]:
+    """What decides a generation's loss; stored in its checkpoint so it can be checked."""
+    settings: dict[str, Any] = {"generation_role": "patriarch" if generation == 0 else "student"}
+    if is_tolerant(config, generation) and is_strict(config.eta):
+        settings.update(eta=1.0)  # a strict teacher: the regulariser has no weight
+    elif is_tolerant(config, generation):
+        settings.update(
+            eta=config.eta,
+            regularizer=config.regularizer,
+            k=config.k,
+            regularizer_form=config.regularizer_form,
+        )
+    if generation > 0:
+        settings.update(lam=config.lam, temperature=config.temperature)
+        if config.student_loss != DEFAULT_STUDENT_LOSS:
+            settings.update(student_loss=config.student_loss)
+    return settings
+
+
+def uses_teacher(config: Config, generation: int) -> bool:
+    """Whether a term of this generation's loss reads the teacher's logits: a student's
+    KD term, weighted lam. With lam = 0 no teacher is frozen and none runs forward."""
+    return generation > 0 and config.lam > 0
+
+
+def make_loss(config: Config, generation: int) -> LossFn:
+    """The loss of one generation and its parts: the teacher loss for M_0, the student loss
+    after it (``{"loss": total, "loss_ce": ..., "loss_reg"/"loss_kd": ...}``).
+
+    A student that also teaches, under ``regularize_all_teachers``, replaces its CE term
+    with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
+    (our definition, docs/method.md "Where the regulariser applies").
+    """
+    tolerant = functools.partial(
+        losses.teacher_loss_terms,
+        eta=config.eta,
+        regularizer=config.regularizer,
+        k=config.k,
+        form=config.regularizer_form,
+        validate=False,
+    )
+    if generation == 0:
+        return lambda logits, targets, teacher_logits: tolerant(logits, targets)
+    lam, tau = config.lam, config.temperature
+    student_loss = losses.STUDENT_LOSSES[config.student_loss]
+    if not is_tolerant(config, generation) and not uses_teacher(config, generation):
+        # (1 - 0) * CE: the teacher's logits are not computed (see uses_teacher).
+        return lambda logits, targets, teacher_logits: losses.teacher_loss_terms(
+            logits, targets, eta=1.0, validate=False
+        )
+    if not is_tolerant(config, generation):
+        return lambda logits, targets, teacher_logits: student_loss(
+            logits, teacher_logits, targets, lam, tau, validate=False
+        )
+
+    def tolerant_student(
+        logits: torch.Tensor, targets: torch.Tensor, teacher_logits: Any
+    ) -> dict[str, torch.Tensor]:
+        terms = tolerant(logits, targets)
+        if lam == 0.0:
+            return terms
+        kd = as_terms(student_loss(logits, teacher_logits, targets, 1.0, tau, validate=False))
+        total = (1 - lam) * terms["loss"] + lam * kd["loss"]
+        parts = {name: value for name, value in kd.items() if name not in ("loss", "loss_ce")}
+        return {**terms, "loss": total, **parts}
+
+    return tolerant_student
