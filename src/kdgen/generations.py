@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,7 @@ from kdgen.build import (
 )
 from kdgen.config import (
     Config,
-    ScheduleConfig,
     config_hash,
-    effective_lr,
-    schedule_for,
-    to_dict,
     to_yaml,
 )
 from kdgen.data import DataSource
@@ -45,7 +41,13 @@ from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.metrics import ensemble_summaries
-from kdgen.policy import loss_settings, make_loss, uses_teacher
+from kdgen.policy import (
+    generation_schedule,
+    loss_settings,
+    make_loss,
+    patriarch_identity,
+    uses_teacher,
+)
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
 from kdgen.runs import (
@@ -101,42 +103,6 @@ def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distribute
     return RunFolder(path, writable=dist.is_main())
 
 
-# Config keys that do not shape a trained patriarch: naming, output, logging, evaluation,
-# where the data lives, and the later generations. Everything else must match.
-_NOT_PATRIARCH_SHAPING = {
-    "name", "out_dir", "progress", "tensorboard", "check_every", "compile", "eval_every",
-    "device", "max_grad_norm", "patriarch", "process", "generations", "generation_schedules",
-    "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
-    "regularize_all_teachers", "temperature", "data.root", "data.download",
-    "data.eval_batch_size", "data.workers", "data.hierarchy",
-}  # fmt: skip
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def patriarch_identity(config: Config) -> dict[str, Any]:
-    """Everything that shapes generation 0 of ``config``: model, data (name, subset, split,
-    augmentation, batch), seed, precision and layout, the generation-0 schedule and loss."""
-    values = {
-        key: value
-        for key, value in _flat(to_dict(config)).items()
-        if not {key, key.split(".")[0]} & _NOT_PATRIARCH_SHAPING
-    }
-    schedule = asdict(_scaled_schedule(config, 0))
-    values.update({f"schedule.{key}": value for key, value in schedule.items()})
-    loss = loss_settings(config, 0)
-    values.update({key: value for key, value in loss.items() if key != "generation_role"})
-    return values
-
-
 def _patriarch_paths(config: Config) -> tuple[Path, Path]:
     """(run folder, gen0 checkpoint) of ``patriarch=PATH`` (a run folder or its gen0.pt)."""
     path = Path(config.patriarch or "")
@@ -172,7 +138,7 @@ def _load_patriarch(
     config: Config, dataset: DataSource, device: torch.device, channels_last: bool
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`patriarch_identity`)."""
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_identity`)."""
     run_dir, path = _patriarch_paths(config)
     payload = load_checkpoint(path)
     _check_patriarch(config, run_dir, payload)
@@ -325,7 +291,7 @@ def _run_generations(
             resume_state = folder.resume_state(generation, digest, config)
             # A resume replays what was logged after its checkpoint: drop those records.
             folder.truncate_metrics(generation, resume_state["epoch"] if resume_state else 0)
-            schedule = _scaled_schedule(config, generation)
+            schedule = generation_schedule(config, generation)
             data.train_loader.set_generation(generation)
             result = train_generation(
                 model,
@@ -353,12 +319,6 @@ def _run_generations(
             saved, evaluation.coarse_of_fine, evaluation.k, evaluation.distance
         )
         folder.write_summary(summary)
-
-
-def _scaled_schedule(config: Config, generation: int) -> ScheduleConfig:
-    """A generation's schedule, its lr scaled as ``schedule.lr_scaling`` says."""
-    schedule = schedule_for(config, generation)
-    return replace(schedule, lr=effective_lr(schedule, config.data.batch_size))
 
 
 def _evaluate_splits(

@@ -9,12 +9,13 @@ with weight ``lam``. Everything here is a pure function of the config.
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
 
 from kdgen import losses
-from kdgen.config import Config
+from kdgen.config import Config, ScheduleConfig, effective_lr, schedule_for, to_dict
 from kdgen.engine import LossFn, as_terms
 
 DEFAULT_STUDENT_LOSS = "kd"
@@ -107,3 +108,45 @@ def make_loss(config: Config, generation: int) -> LossFn:
         return {**terms, "loss": total, **parts}
 
     return tolerant_student
+
+
+def generation_schedule(config: Config, generation: int) -> ScheduleConfig:
+    """A generation's schedule, its lr scaled as ``schedule.lr_scaling`` says."""
+    schedule = schedule_for(config, generation)
+    return replace(schedule, lr=effective_lr(schedule, config.data.batch_size))
+
+
+# Config keys that do not shape a trained patriarch: naming, output, logging, evaluation,
+# where the data lives, and the later generations. Everything else must match.
+_NOT_PATRIARCH_SHAPING = {
+    "name", "out_dir", "progress", "tensorboard", "check_every", "compile", "eval_every",
+    "device", "max_grad_norm", "patriarch", "process", "generations", "generation_schedules",
+    "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
+    "regularize_all_teachers", "temperature", "data.root", "data.download",
+    "data.eval_batch_size", "data.imagefolder.workers", "data.hierarchy", "student_loss",
+}  # fmt: skip
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def patriarch_identity(config: Config) -> dict[str, Any]:
+    """Everything that shapes generation 0 of ``config``: model, data (name, subset, split,
+    augmentation, batch), seed, precision and layout, the generation-0 schedule and loss."""
+    values = {
+        key: value
+        for key, value in _flat(to_dict(config)).items()
+        if not {key, key.split(".")[0]} & _NOT_PATRIARCH_SHAPING
+    }
+    schedule = asdict(generation_schedule(config, 0))
+    values.update({f"schedule.{key}": value for key, value in schedule.items()})
+    loss = loss_settings(config, 0)
+    values.update({key: value for key, value in loss.items() if key != "generation_role"})
+    return values

@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 
 class Loader(Protocol):
-    """Batches ``(images, labels)`` on ``device``; an epoch is set before iterating."""
+    """Batches ``(images, labels)`` on ``device``; the generation and the epoch, which
+    decide a training loader's stream, are set before iterating."""
 
     device: torch.device
     batch_size: int
 
     def set_epoch(self, epoch: int) -> None: ...
+
+    def set_generation(self, generation: int) -> None: ...
 
     def __len__(self) -> int: ...
 
