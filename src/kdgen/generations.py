@@ -31,11 +31,7 @@ from kdgen.build import (
     run_numerics,
     train_settings,
 )
-from kdgen.config import (
-    Config,
-    config_hash,
-    to_yaml,
-)
+from kdgen.config import Config, config_hash, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
