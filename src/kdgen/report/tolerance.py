@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdgen.policy import is_strict
 from kdgen.report.collect import Run
 from kdgen.report.figures import new_figure, save_figure
 from kdgen.report.stats import Interval, t_interval
@@ -31,7 +32,7 @@ def threshold(k: int) -> float:
 def _key(run: Run) -> tuple[Any, ...]:
     """What makes two runs' patriarchs the same training (the seed included)."""
     s = run.summary
-    if s.get("eta", 1.0) >= 1.0 or s.get("regularizer") == "none":
+    if is_strict(s.get("eta", 1.0)) or s.get("regularizer") == "none":
         return ("strict", run.seed)
     return (s.get("regularizer"), s.get("eta"), s.get("k"), s.get("regularizer_form"), run.seed)
 
