@@ -66,12 +66,12 @@ class Run:
 
 def find_runs(dirs: Sequence[Path]) -> list[Run]:
     """Every run folder (one holding ``summary.json``) at or below the given folders."""
-    paths: dict[Path, None] = {}
+    paths: dict[Path, Path] = {}  # resolved (a folder reached twice counts once) -> as given
     for directory in dirs:
         for path in sorted(Path(directory).rglob("summary.json")):
-            paths[path.parent.resolve()] = None
+            paths.setdefault(path.parent.resolve(), path.parent)
     runs = []
-    for path in paths:
+    for path in paths.values():
         folder = RunFolder(path, writable=False)
         summary = folder.read_summary()
         if summary and summary.get("generations"):
