@@ -15,7 +15,7 @@ import pytest
 
 from kdgen.cli import main
 from kdgen.errors import ConfigError
-from kdgen.executors import LocalExecutor, available_cores, exit_status
+from kdgen.executors import LocalExecutor, available_cores, exit_status, launch_order
 from kdgen.runs import RunFolder
 from kdgen.sweep import plan_sweep, read_plan, run_status, write_plan
 from tests.conftest import FAST
@@ -171,3 +171,17 @@ def test_sigterm_to_the_sweep_stops_each_training_gracefully_once(tmp_path: Path
     state = RunFolder(out / "D1.0-0.0" / "seed0").read_state()
     assert state["status"] == "interrupted" and "SIGTERM" in state["reason"]  # saved, not killed
     assert "D(1.0,0.0) seed 0: interrupted" in output
+
+
+def test_patriarchs_start_first_and_dependent_runs_last(tmp_path: Path) -> None:
+    specs = ["D(1.0,0.0)", "D(1.0,0.6)", "D(0.6,0.6)"]
+    runs = plan_sweep("smoke", specs, [0, 1], tmp_path)
+    order = [(run.label, run.seed) for run in launch_order(runs)]
+    assert order == [
+        ("D(1.0,0.0)", 0),
+        ("D(1.0,0.0)", 1),
+        ("D(0.6,0.6)", 0),
+        ("D(0.6,0.6)", 1),
+        ("D(1.0,0.6)", 0),
+        ("D(1.0,0.6)", 1),
+    ]

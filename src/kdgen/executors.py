@@ -54,6 +54,21 @@ class Executor(Protocol):
     def execute(self, preset: str, runs: list[SweepRun]) -> list[RunOutcome]: ...
 
 
+def launch_order(runs: list[SweepRun]) -> list[SweepRun]:
+    """The order to start runs in: first those whose patriarch other runs load, then the
+    independent ones, then the runs that wait for a patriarch (each group in plan order).
+    Starting the patriarchs first lets their dependents start as soon as possible and
+    leaves short dependent runs, not long waits, at the end of a sweep."""
+    owners = {run.shares_patriarch_of for run in runs}
+
+    def rank(run: SweepRun) -> int:
+        if run.path in owners:
+            return 0
+        return 2 if run.shares_patriarch_of is not None else 1
+
+    return sorted(runs, key=rank)
+
+
 def train_argv(preset: str, run: SweepRun) -> list[str]:
     """The ``kdgen train`` arguments of a run: fresh, or resumed when it has a config.
 
@@ -134,6 +149,7 @@ class LocalExecutor:
                 self._say(f"[skip] {_name(run)}: finished earlier")
             else:
                 pending.append(run)
+        pending = launch_order(pending)
         running: dict[str, _Job] = {}
         stop = _StopForwarder(running)
         try:
