@@ -484,7 +484,12 @@ class SlurmExecutor:
         return outcomes
 
     def _submit(self, preset: str, run: SweepRun, after: str | None) -> str:
-        import submitit
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError(
+                "--executor slurm needs submitit: pip install 'kdgen[slurm]'"
+            ) from None
 
         folder = RunFolder(run.path)
         slurm = folder.path / SLURM_FOLDER
