@@ -139,7 +139,11 @@ def test_sigterm_under_torchrun_saves_mid_epoch_and_resumes_exactly(tmp_path: Pa
         if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 1:
             break
         time.sleep(0.02)
-    time.sleep(0.5)  # a few steps into epoch 2 (of 175, at least 10 ms each)
+    # Into epoch 2 by 40% of epoch 1's duration, so the signal lands mid-epoch however
+    # fast or loaded the machine is.
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first_epoch = next(r["seconds"] for r in records if r["split"] == "train" and r["epoch"] == 1)
+    time.sleep(0.4 * first_epoch)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode != 0, err[-3000:]
