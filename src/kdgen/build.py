@@ -26,9 +26,6 @@ from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
 from kdgen.runs import RunFolder, check_identity, load_checkpoint
 from kdgen.seeding import derive_seed
 
-# Salts keep the seeds of different uses of one config seed apart.
-_SUBSET_SALT, _VAL_SALT, _INIT_SALT = 11, 13, 17
-
 
 @dataclass
 class PreparedData:
@@ -48,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(config: Config) -> DataSource:
     """The configured data source: in-memory tensors, or an image folder read by workers."""
-    return load_source(config.data, derive_seed(config.seed, _VAL_SALT))
+    return load_source(config.data, derive_seed("val-split", config.seed))
 
 
 def build_hierarchy(config: Config, source: DataSource) -> Hierarchy | None:
@@ -95,9 +92,9 @@ def prepare_data(
         seed=config.seed,
         global_batch_size=data.batch_size,
         train_subset=data.train_subset,
-        subset_seed=derive_seed(config.seed, _SUBSET_SALT),
+        subset_seed=derive_seed("train-subset", config.seed),
         val_size=data.val_size,
-        val_seed=derive_seed(config.seed, _VAL_SALT),
+        val_seed=derive_seed("val-split", config.seed),
         augment=Augment(data.crop_padding, data.flip),
         channels_last=channels_last,
         shard=dist.shard,
@@ -116,7 +113,7 @@ def build_model(
     """A freshly initialised model of one generation; its init depends on (seed, generation).
     Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
     says)."""
-    torch.manual_seed(derive_seed(config.seed, _INIT_SALT, generation))
+    torch.manual_seed(derive_seed("init", config.seed, generation))
     model = create_model(
         config.model, dataset.num_classes, dataset.in_channels, **config.model_args
     )

@@ -3,6 +3,7 @@ RNG states a resumable checkpoint saves and restores."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -11,14 +12,25 @@ import numpy as np
 import torch
 
 
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed that is a pure function of ``keys`` (numpy's SeedSequence mixing)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]
+def _purpose_tag(purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "little")
+
+
+def derive_seed(purpose: str, *keys: int) -> int:
+    """A 63-bit seed that is a pure function of ``purpose`` and ``keys`` (numpy's
+    SeedSequence mixing).
+
+    SeedSequence ignores trailing zeros of its entropy, so the purpose's tag and the number
+    of keys come first: ``("init", 3, 0)`` and ``("stream", 3, 0, 0)`` never share a seed,
+    and no two purposes or key counts can collide that way.
+    """
+    entropy = [_purpose_tag(purpose), len(keys), *(int(k) for k in keys)]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return int(state) & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def seeded_generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*keys))
+def seeded_generator(purpose: str, *keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(purpose, *keys))
 
 
 def cuda_rng_state() -> dict[str, Any]:

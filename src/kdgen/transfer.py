@@ -52,8 +52,6 @@ __all__ = [
 ]
 
 CLASSIFIERS = ("auto", "sklearn", "torch-lbfgs")
-# Salts keep the subset seeds of the two splits apart from each other and from training.
-_TRAIN_SALT, _TEST_SALT = 31, 37
 
 
 # ------------------------------------------------------------------------ input adaptation
@@ -337,8 +335,8 @@ def transfer_run(
         source.in_channels, size, resolve_channels_last(config.channels_last, torch_device)
     )
     adaptation = adapter.describe(target.in_channels, target.image_size)
-    train = _subset(target.train, train_subset, derive_seed(seed, _TRAIN_SALT))
-    test = _subset(target.test, test_subset, derive_seed(seed, _TEST_SALT))
+    train = _subset(target.train, train_subset, derive_seed("transfer-train", seed))
+    test = _subset(target.test, test_subset, derive_seed("transfer-test", seed))
     loaders = _loaders(target, train, test, batch_size, torch_device)
     settings = {"C": C, "max_iter": max_iter, "classifier": classifier}
     result = _header(data, config, target, train, test, adaptation, settings, seed)

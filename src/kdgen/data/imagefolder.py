@@ -153,7 +153,7 @@ class EpochBatches:
     def batches(self) -> list[list[int]]:
         key = (self.generation, self.epoch)
         if self._cache is None or self._cache[0] != key:
-            generator = seeded_generator(self.seed, self.generation, self.epoch)
+            generator = seeded_generator("stream", self.seed, self.generation, self.epoch)
             batches = shard_batches(
                 self.count,
                 self.batch_size,

@@ -34,8 +34,10 @@ def epoch_generator(
     on the data's device, so drawing random numbers never waits for the host."""
     device = torch.device(device)
     if device.type == "cpu":
-        return seeded_generator(seed, generation, epoch)
-    return torch.Generator(device=device).manual_seed(derive_seed(seed, generation, epoch))
+        return seeded_generator("stream", seed, generation, epoch)
+    return torch.Generator(device=device).manual_seed(
+        derive_seed("stream", seed, generation, epoch)
+    )
 
 
 def crop_offsets(
