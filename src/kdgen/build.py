@@ -98,6 +98,8 @@ def prepare_data(
         augment=Augment(data.crop_padding, data.flip),
         channels_last=channels_last,
         shard=dist.shard,
+        train_eval_max=config.eval_train_max,
+        train_eval_seed=derive_seed("train-eval", config.seed),
     )
     train_loader, eval_loaders = dataset.run_loaders(settings)
     return PreparedData(dataset, train_loader, eval_loaders)

@@ -116,6 +116,10 @@ class Config:
     # Under torchrun: BatchNorm statistics of the global batch, not of each rank's slice.
     sync_batchnorm: bool = True
     eval_every: int = 1
+    # A clean evaluation of the training images (no augmentation), the "train_eval" split:
+    # a fixed seeded subset of at most this many of them (0: none). Shows whether a model
+    # fits its training set.
+    eval_train_max: int = 2000
     # Numerical faults: a gradient norm above this bound stops training (None: no bound);
     # non-finite losses always do. The device flag is read on the host every N steps.
     max_grad_norm: float | None = None
@@ -422,6 +426,7 @@ def validate(config: Config) -> Config:
         "drop amp and set precision",
     )
     _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
+    _check(config.eval_train_max >= 0, f"eval_train_max={config.eval_train_max} must be >= 0")
     _check(config.check_every >= 1, f"check_every={config.check_every} must be >= 1")
     _check(
         config.max_grad_norm is None or config.max_grad_norm > 0,
@@ -468,7 +473,9 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 # Keys that do not change what is trained: they may differ between a run and its resume.
-NON_SEMANTIC_KEYS = ("out_dir", "progress", "tensorboard", "name", "check_every", "compile")
+NON_SEMANTIC_KEYS = (
+    "out_dir", "progress", "tensorboard", "name", "check_every", "compile", "eval_train_max",
+)  # fmt: skip
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
 LATER_KEY_DEFAULTS: dict[str, Any] = {

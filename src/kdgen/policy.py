@@ -120,6 +120,7 @@ def generation_schedule(config: Config, generation: int) -> ScheduleConfig:
 # where the data lives, and the later generations. Everything else must match.
 _NOT_PATRIARCH_SHAPING = {
     "name", "out_dir", "progress", "tensorboard", "check_every", "compile", "eval_every",
+    "eval_train_max",
     "device", "max_grad_norm", "patriarch", "process", "generations", "generation_schedules",
     "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
     "regularize_all_teachers", "temperature", "data.root", "data.download",

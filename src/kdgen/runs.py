@@ -398,6 +398,7 @@ def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dic
         "teacher": None if generation == 0 else generation - 1,
         "epochs": epochs,
         "train": final.get("train"),
+        "train_eval": final.get("train_eval"),
         "val": final.get("val"),
         "test": final.get("test"),
     }

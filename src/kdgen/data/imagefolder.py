@@ -321,9 +321,12 @@ class FolderData:
         generation: int = 0,
         channels_last: bool = True,
         shard: tuple[int, int] = (0, 1),
+        train_eval: tuple[int, int] = (0, 0),
     ) -> tuple[FolderLoader, dict[str, FolderLoader]]:
         """The shuffled, augmented training loader and the evaluation loaders: ``"val"``
-        (only when a validation split was held out) and ``"test"``."""
+        (only when a validation split was held out), ``"test"`` and, when ``train_eval`` =
+        (at most this many images, seed) asks for it, ``"train_eval"``: a stratified subset
+        of the training images read with the evaluation transform."""
         if batch_size > len(self.train):
             raise DataError(
                 f"data.batch_size={batch_size} exceeds the {len(self.train)} training images"
@@ -339,13 +342,22 @@ class FolderData:
         augment = train_transform(self.image_size, self.mean, self.std)
         evaluate = eval_transform(self.image_size, self.mean, self.std)
         train = FolderLoader(Transformed(self.train, augment), batch_size, shuffle=True, **common)
-        splits = {"val": self.val, "test": self.test}
+        splits = {"val": self.val, "test": self.test, "train_eval": self._train_eval(*train_eval)}
         evals = {
             name: FolderLoader(Transformed(split, evaluate), eval_batch_size, **common)
             for name, split in splits.items()
             if split is not None
         }
         return train, evals
+
+    def _train_eval(self, most: int, seed: int) -> Subset | None:
+        if most <= 0:
+            return None
+        if most >= len(self.train):
+            return self.train
+        labels = torch.tensor([self.train.dataset.targets[i] for i in self.train.indices])
+        _, chosen = stratified_indices(labels, most, seed)
+        return Subset(self.train.dataset, [self.train.indices[i] for i in chosen])
 
     def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
         """The hierarchy read when the folder was indexed (from ``hierarchy_file``, or
@@ -365,6 +377,7 @@ class FolderData:
             settings.generation,
             settings.channels_last,
             settings.shard,
+            (settings.train_eval_max, settings.train_eval_seed),
         )
 
 

@@ -45,7 +45,9 @@ class LoaderSettings:
     """How one run reads its source. ``batch_size`` and ``eval_batch_size`` are this
     rank's shares of the global batches (``global_batch_size`` names the configured one in
     messages); ``shard`` is ``(rank, world_size)``. The training subset and the validation
-    split are chosen by ``subset_seed`` and ``val_seed``; the epoch orders by ``seed``."""
+    split are chosen by ``subset_seed`` and ``val_seed``; the epoch orders by ``seed``.
+    ``train_eval_max`` > 0 adds a ``"train_eval"`` evaluation split: at most that many
+    training images, stratified and chosen by ``train_eval_seed``, without augmentation."""
 
     batch_size: int
     eval_batch_size: int
@@ -60,6 +62,8 @@ class LoaderSettings:
     augment: Augment = field(default_factory=Augment)
     channels_last: bool = False
     shard: tuple[int, int] = (0, 1)
+    train_eval_max: int = 0
+    train_eval_seed: int = 0
 
     def check_batch(self, train_images: int) -> None:
         """ConfigError when the global batch exceeds the training images."""
@@ -88,7 +92,8 @@ def memory_loaders(
     dataset: ImageDataset, settings: LoaderSettings
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
     """An in-memory set's loaders: the (subset of the) training split less a stratified
-    validation split, shuffled and augmented on the device; ``"val"`` and ``"test"``."""
+    validation split, shuffled and augmented on the device; ``"val"``, ``"test"`` and,
+    with ``settings.train_eval_max``, ``"train_eval"`` (training images, not augmented)."""
     train = dataset.train
     if settings.train_subset is not None:
         train = stratified_subset(train, settings.train_subset, settings.subset_seed)
@@ -96,6 +101,10 @@ def memory_loaders(
     if settings.val_size > 0:
         train, eval_splits["val"] = stratified_split(train, settings.val_size, settings.val_seed)
     eval_splits["test"] = dataset.test
+    if settings.train_eval_max > 0:
+        eval_splits["train_eval"] = stratified_subset(
+            train, settings.train_eval_max, settings.train_eval_seed
+        )
     settings.check_batch(len(train))
     common = {
         "mean": dataset.mean,

@@ -1,10 +1,14 @@
-"""A tiny CNN (about 24k parameters for 10 classes) for fast tests and smoke runs."""
+"""A tiny CNN (about 24k parameters for 10 classes) for fast tests and smoke runs; wider
+variants through ``model_args.widths`` (e.g. ``[32, 64, 128]``: about 93k parameters)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from kdgen.errors import ConfigError
 from kdgen.models.layers import check_positive_int
 from kdgen.models.registry import register_model
 
@@ -23,13 +27,15 @@ def _conv_bn_relu(in_planes: int, out_planes: int) -> list[nn.Module]:
 class TinyCNN(nn.Module):
     """Three conv-BN-ReLU layers (max-pool after the first two), global average pool, linear."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = WIDTHS
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         in_planes = in_channels
-        for index, width in enumerate(WIDTHS):
+        for index, width in enumerate(widths):
             layers += _conv_bn_relu(in_planes, width)
-            if index < len(WIDTHS) - 1:
+            if index < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             in_planes = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
@@ -47,8 +53,14 @@ class TinyCNN(nn.Module):
 
 
 @register_model("tiny_cnn")
-def tiny_cnn(num_classes: int = 10, in_channels: int = 3) -> TinyCNN:
-    """Build the tiny CNN."""
+def tiny_cnn(
+    num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = WIDTHS
+) -> TinyCNN:
+    """Build the tiny CNN: one conv-BN-ReLU layer per entry of ``widths`` (channels)."""
     check_positive_int("num_classes", num_classes)
     check_positive_int("in_channels", in_channels)
-    return TinyCNN(num_classes=num_classes, in_channels=in_channels)
+    if len(widths) == 0:
+        raise ConfigError("model_args.widths must list at least one channel count")
+    for width in widths:
+        check_positive_int("model_args.widths", width)
+    return TinyCNN(num_classes=num_classes, in_channels=in_channels, widths=tuple(widths))
