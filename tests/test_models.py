@@ -95,6 +95,20 @@ def test_tiny_cnn_is_small() -> None:
     assert n_params(create_model("tiny_cnn", num_classes=10)) < 100_000
 
 
+def test_tiny_cnn_widths_set_its_layers() -> None:
+    # conv weights 1*8*9 + 8*16*9, BatchNorm 2*(8+16), linear 16*10 + 10
+    model = create_model("tiny_cnn", num_classes=10, in_channels=1, widths=[8, 16])
+    assert n_params(model) == 72 + 1152 + 48 + 170
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model.num_features == 16
+
+
+@pytest.mark.parametrize("widths", [[], [8, 0], [8, 2.5]])
+def test_tiny_cnn_refuses_bad_widths(widths: list[object]) -> None:
+    with pytest.raises(ConfigError, match="widths"):
+        create_model("tiny_cnn", num_classes=10, widths=widths)
+
+
 def test_tiny_cnn_overfits_small_batch() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 3, 16, 16)
