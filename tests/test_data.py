@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdgen.data import list_datasets, load_dataset
-from kdgen.data.base import ImageDataset, ImageSplit
-from kdgen.data.split import stratified_split, stratified_subset
+from kdgen.data.base import ImageDataset
+from kdgen.data.split import ImageSplit, stratified_split, stratified_subset
 from kdgen.data.synthetic import make_synthetic
 from kdgen.data.tensors import (
     Augment,

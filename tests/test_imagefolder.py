@@ -10,17 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from kdgen.data.base import ImageSplit
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.data.imagefolder import (
     FolderLoader,
     eval_transform,
     load_image_folder,
     shard_batches,
-    stratified_indices,
     train_transform,
 )
-from kdgen.data.split import stratified_split
 from kdgen.errors import DataError
 
 CLASSES = ["ant", "bee", "cow"]
@@ -105,17 +102,6 @@ def test_sharding_splits_each_global_batch() -> None:
     assert evals == [[[0, 1], [4]], [[2, 3]]]
     with pytest.raises(DataError, match="rank < world"):
         shard_batches(5, 2, shuffle=False, shard=(2, 2))
-
-
-def test_stratified_indices_match_stratified_split() -> None:
-    labels = torch.arange(50) % 4
-    train_index, val_index = stratified_indices(labels, 10, seed=7)
-    split = ImageSplit(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), labels)
-    train, val = stratified_split(split, 10, seed=7)
-    assert val_index == val.images.flatten().tolist()
-    assert train_index == train.images.flatten().tolist()
-    with pytest.raises(DataError, match="val_size=50"):
-        stratified_indices(labels, 50, seed=0)
 
 
 def test_transforms_output_size() -> None:

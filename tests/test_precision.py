@@ -142,7 +142,7 @@ def test_resume_reuses_the_recorded_numerics(
 def test_bf16_evaluation_rounds_like_bf16_and_returns_float32() -> None:
     """bf16 autocast really runs (logits move by bf16 rounding, ~1e-2 relative, not 0 and
     not more), and the logits come back as float32."""
-    from kdgen.data.base import ImageSplit
+    from kdgen.data.split import ImageSplit
     from kdgen.data.tensors import DeviceLoader
     from kdgen.engine import predict
     from kdgen.models import create_model

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any
 
-from kdgen.data.base import ImageDataset, ImageSplit
+from kdgen.data.base import ImageDataset
 from kdgen.data.loading import DataSource, Loader, LoaderSettings
-from kdgen.data.split import stratified_split, stratified_subset
+from kdgen.data.split import ImageSplit, stratified_split, stratified_subset
 from kdgen.data.tensors import Augment, DeviceLoader
 from kdgen.errors import ConfigError
 

@@ -1,44 +1,14 @@
-"""The in-memory data set every kdgen data source produces."""
+"""The in-memory data set (synthetic, CIFAR, Fashion-MNIST) and its loaders."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-import torch
-
+from kdgen.data.hierarchy import Hierarchy
+from kdgen.data.loading import LoaderSettings
+from kdgen.data.split import ImageSplit, stratified_split, stratified_subset
+from kdgen.data.tensors import DeviceLoader
 from kdgen.errors import DataError
-
-if TYPE_CHECKING:
-    from kdgen.data.hierarchy import Hierarchy
-    from kdgen.data.loading import LoaderSettings
-    from kdgen.data.tensors import DeviceLoader
-
-
-@dataclass
-class ImageSplit:
-    """Images as a uint8 tensor (N, C, H, W) and labels as an int64 tensor (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(
-                f"images must be a uint8 tensor of shape (N, C, H, W), got "
-                f"{self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise DataError(
-                f"labels must be int64 of shape ({self.images.shape[0]},), got "
-                f"{self.labels.dtype} {tuple(self.labels.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: torch.Tensor) -> ImageSplit:
-        return ImageSplit(self.images[index], self.labels[index])
 
 
 @dataclass
@@ -98,8 +68,6 @@ class ImageDataset:
     def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
         """The hierarchy of Dist^C and Dist^S: a user's JSON file, else the data set's
         coarse classes (None without either)."""
-        from kdgen.data.hierarchy import Hierarchy
-
         if hierarchy_file:
             return Hierarchy.from_json(hierarchy_file, self.class_names)
         if self.coarse_of_fine is None:
@@ -107,7 +75,41 @@ class ImageDataset:
         return Hierarchy.from_coarse(self.coarse_of_fine, self.class_names, self.coarse_names)
 
     def run_loaders(self, settings: LoaderSettings) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-        """See :func:`kdgen.data.loading.memory_loaders`."""
-        from kdgen.data.loading import memory_loaders
-
-        return memory_loaders(self, settings)
+        """The (subset of the) training split less a stratified validation split, shuffled
+        and augmented on the device; and the evaluation loaders ``"val"``, ``"test"`` and,
+        with ``settings.train_eval_max``, ``"train_eval"`` (training images, not augmented)."""
+        train = self.train
+        if settings.train_subset is not None:
+            train = stratified_subset(train, settings.train_subset, settings.subset_seed)
+        eval_splits = {}
+        if settings.val_size > 0:
+            train, eval_splits["val"] = stratified_split(
+                train, settings.val_size, settings.val_seed
+            )
+        eval_splits["test"] = self.test
+        if settings.train_eval_max > 0:
+            eval_splits["train_eval"] = stratified_subset(
+                train, settings.train_eval_max, settings.train_eval_seed
+            )
+        settings.check_batch(len(train))
+        common = {
+            "mean": self.mean,
+            "std": self.std,
+            "device": settings.device,
+            "channels_last": settings.channels_last,
+            "shard": settings.shard,
+        }
+        train_loader = DeviceLoader(
+            train,
+            settings.batch_size,
+            shuffle=True,
+            seed=settings.seed,
+            generation=settings.generation,
+            augment=settings.augment,
+            **common,
+        )
+        eval_loaders = {
+            name: DeviceLoader(split, settings.eval_batch_size, **common)
+            for name, split in eval_splits.items()
+        }
+        return train_loader, eval_loaders

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdgen.data.base import ImageDataset, ImageSplit
+from kdgen.data.base import ImageDataset
 from kdgen.data.download import download_file, resolve_root, safe_extract_tar
+from kdgen.data.split import ImageSplit
 from kdgen.errors import DataError
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdgen.data.base import ImageDataset, ImageSplit
+from kdgen.data.base import ImageDataset
 from kdgen.data.download import resolve_root
+from kdgen.data.split import ImageSplit
 from kdgen.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -7,11 +7,12 @@ The layout is ILSVRC2012's (and any user's data set in that shape)::
 
 Class names are the folder names, sorted; when they are WordNet ids (``n01440764``) and
 WordNet 3.0 is installed, the class hierarchy comes from WordNet (or from a JSON file
-given by the caller). A validation split for selection is carved out of train/, stratified
-and seeded (:func:`stratified_indices`). Training images get a random-resized crop and a
-flip, evaluation images a resize to ``size * 256 / 224`` and a centre crop (ImageNet's
-recipe); both are normalised on the CPU workers. :class:`FolderLoader` serves the batches
-with the interface of :class:`~kdgen.data.tensors.DeviceLoader`.
+given by the caller). A validation split for selection is carved out of train/ by the
+in-memory sets' rule (:func:`kdgen.data.split.stratified_indices`). Training images get a
+random-resized crop and a flip, evaluation images a resize to ``size * 256 / 224`` and a
+centre crop (ImageNet's recipe); both are normalised on the CPU workers.
+:class:`FolderLoader` serves the batches with the interface of
+:class:`~kdgen.data.tensors.DeviceLoader`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torchvision.transforms import v2
 
 from kdgen.data.hierarchy import Hierarchy, looks_like_wnids, wordnet_hierarchy
 from kdgen.data.loading import LoaderSettings
-from kdgen.data.split import _rank_within_class
+from kdgen.data.split import stratified_indices
 from kdgen.errors import ConfigError, DataError
 from kdgen.seeding import seeded_generator
 
@@ -263,31 +264,6 @@ def _last_line(message: str) -> str:
     return line.removeprefix(prefix)
 
 
-def stratified_indices(
-    labels: torch.Tensor, val_size: int, seed: int
-) -> tuple[list[int], list[int]]:
-    """``(train_index, val_index)``, sorted: ``val_size`` items held out, the same share of
-    every class, chosen by ``seed``; the rule of :func:`kdgen.data.split.stratified_split`
-    (on the same labels and seed it selects the same items)."""
-    count = len(labels)
-    if not 0 <= val_size < count:
-        raise DataError(
-            f"data.val_size={val_size} must lie in [0, {count - 1}] for a training set of {count}"
-        )
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    shuffled = labels[order]
-    classes, counts = torch.unique(shuffled, return_counts=True)
-    quota = counts.double() * val_size / count
-    take = quota.floor().long()
-    remainder = val_size - int(take.sum())
-    if remainder:
-        take[torch.argsort(quota - take, descending=True, stable=True)[:remainder]] += 1
-    class_quota = torch.zeros(int(shuffled.max()) + 1, dtype=torch.long)
-    class_quota[classes] = take
-    is_val = _rank_within_class(shuffled) < class_quota[shuffled]
-    return order[~is_val].sort().values.tolist(), order[is_val].sort().values.tolist()
-
-
 @dataclass
 class FolderData:
     """A folder data set: the splits as ``Subset``s of torchvision ``ImageFolder``s (no
@@ -357,7 +333,7 @@ class FolderData:
             return self.train
         labels = torch.tensor([self.train.dataset.targets[i] for i in self.train.indices])
         _, chosen = stratified_indices(labels, most, seed)
-        return Subset(self.train.dataset, [self.train.indices[i] for i in chosen])
+        return Subset(self.train.dataset, [self.train.indices[i] for i in chosen.tolist()])
 
     def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
         """The hierarchy read when the folder was indexed (from ``hierarchy_file``, or
@@ -413,8 +389,8 @@ def load_image_folder(
     names = list(train_folder.classes)
     return FolderData(
         root=root,
-        train=Subset(train_folder, train_index),
-        val=Subset(train_folder, val_index) if val_size > 0 else None,
+        train=Subset(train_folder, train_index.tolist()),
+        val=Subset(train_folder, val_index.tolist()) if val_size > 0 else None,
         test=Subset(test_folder, list(range(len(test_folder)))),
         class_names=names,
         image_size=image_size,

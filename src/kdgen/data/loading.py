@@ -15,12 +15,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from kdgen.data.split import stratified_split, stratified_subset
-from kdgen.data.tensors import Augment, DeviceLoader
+from kdgen.data.tensors import Augment
 from kdgen.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kdgen.data.base import ImageDataset
     from kdgen.data.hierarchy import Hierarchy
 
 
@@ -86,44 +84,3 @@ class DataSource(Protocol):
     def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None: ...
 
     def run_loaders(self, settings: LoaderSettings) -> tuple[Loader, dict[str, Loader]]: ...
-
-
-def memory_loaders(
-    dataset: ImageDataset, settings: LoaderSettings
-) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-    """An in-memory set's loaders: the (subset of the) training split less a stratified
-    validation split, shuffled and augmented on the device; ``"val"``, ``"test"`` and,
-    with ``settings.train_eval_max``, ``"train_eval"`` (training images, not augmented)."""
-    train = dataset.train
-    if settings.train_subset is not None:
-        train = stratified_subset(train, settings.train_subset, settings.subset_seed)
-    eval_splits = {}
-    if settings.val_size > 0:
-        train, eval_splits["val"] = stratified_split(train, settings.val_size, settings.val_seed)
-    eval_splits["test"] = dataset.test
-    if settings.train_eval_max > 0:
-        eval_splits["train_eval"] = stratified_subset(
-            train, settings.train_eval_max, settings.train_eval_seed
-        )
-    settings.check_batch(len(train))
-    common = {
-        "mean": dataset.mean,
-        "std": dataset.std,
-        "device": settings.device,
-        "channels_last": settings.channels_last,
-        "shard": settings.shard,
-    }
-    train_loader = DeviceLoader(
-        train,
-        settings.batch_size,
-        shuffle=True,
-        seed=settings.seed,
-        generation=settings.generation,
-        augment=settings.augment,
-        **common,
-    )
-    eval_loaders = {
-        name: DeviceLoader(split, settings.eval_batch_size, **common)
-        for name, split in eval_splits.items()
-    }
-    return train_loader, eval_loaders

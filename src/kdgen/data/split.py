@@ -1,39 +1,70 @@
-"""Hold out a stratified, seeded validation split from the training set."""
+"""A split of images, and the stratified, seeded hold-out of a validation split.
+
+:func:`stratified_indices` is the rule on labels alone, so a source that indexes its
+images without reading them (``imagefolder``) selects exactly what an in-memory set does.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from kdgen.data.base import ImageSplit
 from kdgen.errors import DataError
 
 
-def stratified_split(split: ImageSplit, val_size: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
-    """Split off ``val_size`` images, the same share of every class, chosen by ``seed``.
+@dataclass
+class ImageSplit:
+    """Images as a uint8 tensor (N, C, H, W) and labels as an int64 tensor (N,)."""
 
-    Each class gives ``round(val_size * n_c / N)`` images; the rounding remainder is
-    taken from the classes with the largest fractional parts, so the total is exact.
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"images must be a uint8 tensor of shape (N, C, H, W), got "
+                f"{self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise DataError(
+                f"labels must be int64 of shape ({self.images.shape[0]},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> ImageSplit:
+        return ImageSplit(self.images[index], self.labels[index])
+
+
+def stratified_indices(
+    labels: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_index, val_index)``, each sorted: ``val_size`` items held out, the same
+    share of every class, chosen by ``seed``.
+
+    Each class gives ``round(val_size * n_c / N)`` items; the rounding remainder is taken
+    from the classes with the largest fractional parts, so the total is exact.
     """
-    count = len(split)
+    count = len(labels)
     if not 0 <= val_size < count:
         raise DataError(
             f"data.val_size={val_size} must lie in [0, {count - 1}] for a training set of {count}"
         )
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(count, generator=generator)
-    labels = split.labels[order]
-    classes, counts = torch.unique(labels, return_counts=True)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    classes, counts = torch.unique(shuffled, return_counts=True)
     quota = counts.double() * val_size / count
     take = quota.floor().long()
     remainder = val_size - int(take.sum())
     if remainder:
         take[torch.argsort(quota - take, descending=True, stable=True)[:remainder]] += 1
-    rank_in_class = _rank_within_class(labels)
-    class_quota = torch.zeros(int(labels.max()) + 1, dtype=torch.long)
+    class_quota = torch.zeros(int(shuffled.max()) + 1, dtype=torch.long)
     class_quota[classes] = take
-    is_val = rank_in_class < class_quota[labels]
-    train_index, val_index = order[~is_val].sort().values, order[is_val].sort().values
-    return split.subset(train_index), split.subset(val_index)
+    is_val = _rank_within_class(shuffled) < class_quota[shuffled]
+    return order[~is_val].sort().values, order[is_val].sort().values
 
 
 def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
@@ -44,6 +75,13 @@ def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
     rank = torch.empty_like(labels)
     rank[by_label] = torch.arange(len(labels)) - starts
     return rank
+
+
+def stratified_split(split: ImageSplit, val_size: int, seed: int) -> tuple[ImageSplit, ImageSplit]:
+    """Split off ``val_size`` images, the same share of every class, chosen by ``seed``
+    (see :func:`stratified_indices`)."""
+    train_index, val_index = stratified_indices(split.labels, val_size, seed)
+    return split.subset(train_index), split.subset(val_index)
 
 
 def stratified_subset(split: ImageSplit, size: int, seed: int) -> ImageSplit:

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdgen.data.base import ImageDataset, ImageSplit
+from kdgen.data.base import ImageDataset
+from kdgen.data.split import ImageSplit
 
 NUM_COARSE = 20
 FINE_PER_COARSE = 5

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdgen.data.base import ImageSplit
+from kdgen.data.split import ImageSplit
 from kdgen.seeding import derive_seed, seeded_generator
 
 
