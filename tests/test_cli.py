@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdgen.cli import main
+from kdgen.errors import one_line
 from tests.conftest import FAST
 
 
@@ -138,3 +139,8 @@ def test_unknown_options_are_still_refused(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "smoke", "--out", "runs/x", "seed=5", "--bogus"])
     assert exit_info.value.code == 2 and "--bogus" in capsys.readouterr().err
+
+
+def test_one_line_folds_a_multi_line_message() -> None:
+    error = ValueError("while parsing a block\n  in line 2:\texpected ':'\n\n")
+    assert one_line(error) == "while parsing a block in line 2: expected ':'"

@@ -17,9 +17,11 @@ from kdgen.config import (
     config_diff,
     config_from_dict,
     config_hash,
+    flatten_config,
     format_process,
     list_presets,
     parse_process,
+    process_slug,
     schedule_for,
     to_dict,
     validate,
@@ -131,6 +133,14 @@ def test_parse_process(text: str, expected: tuple[float, float]) -> None:
 def test_format_process(eta: float, lam: float, expected: str) -> None:
     assert format_process(eta, lam) == expected
     assert parse_process(expected) == (float(eta), float(lam))
+
+
+@pytest.mark.parametrize(
+    ("label", "slug"),
+    [("D(1.0,0.0)", "D1.0-0.0"), ("D(0.6,0.6):lsr", "D0.6-0.6-lsr"), ("D(0.25,1.0)", "D0.25-1.0")],
+)
+def test_process_slug_names_a_folder(label: str, slug: str) -> None:
+    assert process_slug(label) == slug
 
 
 def test_process_is_normalised() -> None:
@@ -372,6 +382,17 @@ def test_config_diff() -> None:
     assert keys == ["eta", "process", "schedule.epochs"]
     assert "schedule.epochs: 6 -> 9" in diff
     assert config_diff(old, old) == []
+
+
+def test_flatten_config_dots_the_sections_but_not_the_generation_schedules() -> None:
+    values = {"eta": 0.6, "data": {"name": "synthetic", "synthetic": {"seed": 1}}}
+    values["generation_schedules"] = {0: {"epochs": 3}}
+    assert flatten_config(values) == {
+        "eta": 0.6,
+        "data.name": "synthetic",
+        "data.synthetic.seed": 1,
+        "generation_schedules": {0: {"epochs": 3}},
+    }
 
 
 def test_round_trip_through_dict() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdgen.errors import KdgenError
+from kdgen.errors import KdgenError, one_line
 from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         if _prints():
-            print(f"kdgen: error: {_one_line(str(error))}", file=sys.stderr)
+            print(f"kdgen: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingStopped as stopped:
         return _report_stop(stopped)
@@ -451,11 +451,6 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpars
     command = argv.index(args.command)
     own = args.command_parser.parse_intermixed_args(argv[command + 1 :])
     return argparse.Namespace(**{**vars(args), **vars(own)})
-
-
-def _one_line(message: str) -> str:
-    """A message folded onto one line (some library errors span several)."""
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _prints() -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdgen.errors import ConfigError
+from kdgen.errors import ConfigError, one_line
 
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
@@ -144,6 +144,12 @@ def format_process(eta: float, lam: float) -> str:
     return f"D({_number(eta)},{_number(lam)})"
 
 
+def process_slug(label: str) -> str:
+    """A folder name for a process label: ``D(0.6,0.6)`` -> ``D0.6-0.6``,
+    ``D(0.6,0.6):lsr`` -> ``D0.6-0.6-lsr``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label.replace("D(", "D")).strip("-")
+
+
 def parse_process(text: str) -> tuple[float, float]:
     """Parse ``D(eta,lam)`` into its two numbers."""
     match = PROCESS_PATTERN.match(text)
@@ -194,7 +200,7 @@ def _parse_yaml(text: str, source: str) -> DictConfig:
     try:
         loaded = OmegaConf.create(text)
     except Exception as error:  # yaml errors come in several types
-        raise ConfigError(f"cannot parse config '{source}': {_one_line(error)}") from None
+        raise ConfigError(f"cannot parse config '{source}': {one_line(error)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"config '{source}' must be a mapping of keys to values")
     _move_legacy_keys(loaded)
@@ -228,10 +234,6 @@ def config_from_yaml(text: str, source: str = "<yaml>") -> Config:
     holds); ``source`` names it in error messages."""
     config: Config = _merge_to_object(OmegaConf.structured(Config), _parse_yaml(text, source))
     return validate(config)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _omegaconf_message(error: OmegaConfBaseException) -> str:
@@ -269,7 +271,7 @@ def _merge_to_object(schema: DictConfig, *sources: Any, where: str = "") -> Any:
             message = _omegaconf_message(error)
         else:
             key = _failing_key(schema, sources)
-            detail = _one_line(error) or type(error).__name__
+            detail = one_line(error) or type(error).__name__
             message = f"config key '{key}': {detail}" if key else f"invalid config: {detail}"
         raise ConfigError(f"{where}{message}") from None
 
@@ -289,7 +291,7 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
         try:
             parsed.append(OmegaConf.from_dotlist([item]))
         except Exception as error:  # yaml and OmegaConf errors come in several types
-            raise ConfigError(f"cannot parse override '{item}': {_one_line(error)}") from None
+            raise ConfigError(f"cannot parse override '{item}': {one_line(error)}") from None
     keys = {item.split("=", 1)[0].strip() for item in overrides}
     process = OmegaConf.select(loaded, "process", default=None, throw_on_resolution_failure=False)
     if keys & {"eta", "lam"} and "process" not in keys and isinstance(process, str):
@@ -304,7 +306,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     try:
         created = OmegaConf.create(values)
     except Exception as error:
-        raise ConfigError(f"invalid config: {_one_line(error)}") from None
+        raise ConfigError(f"invalid config: {one_line(error)}") from None
     config: Config = _merge_to_object(OmegaConf.structured(Config), created)
     return validate(config)
 
@@ -506,20 +508,22 @@ def _drop_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> None:
             del values[key]
 
 
+def flatten_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dictionary (:func:`to_dict`) as ``{dotted key: value}``;
+    ``generation_schedules`` stays one value (its keys are generations, not config keys)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "generation_schedules":
+            out.update(flatten_config(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 def config_diff(old: Config, new: Config) -> list[str]:
     """Lines 'key: old -> new' for every semantic key that differs."""
-
-    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict) and key != "generation_schedules":
-                out.update(flat(value, f"{name}."))
-            else:
-                out[name] = value
-        return out
-
-    a, b = flat(to_dict(old)), flat(to_dict(new))
+    a, b = flatten_config(to_dict(old)), flatten_config(to_dict(new))
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in sorted(set(a) | set(b))
@@ -539,9 +543,11 @@ __all__ = [
     "config_from_yaml",
     "config_hash",
     "effective_lr",
+    "flatten_config",
     "format_process",
     "list_presets",
     "parse_process",
+    "process_slug",
     "schedule_for",
     "to_dict",
     "to_yaml",

@@ -11,17 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from kdgen.config import build_config
+from kdgen.config import build_config, process_slug
 from kdgen.generations import RunResult, train_generations
 from kdgen.policy import patriarch_key
 from kdgen.report import generations_table
 from kdgen.runs import unique_folder
 
 DEMO_PROCESSES = ("D(1.0,0.0)", "D(1.0,0.6)", "D(0.6,0.6)")
-
-
-def _slug(process: str) -> str:
-    return process.replace("D(", "D").replace(",", "-").replace(")", "")
 
 
 def run_demo(
@@ -38,8 +34,8 @@ def run_demo(
             [
                 *overrides,
                 f"process={process}",
-                f"name={_slug(process)}",
-                f"out_dir={root / _slug(process)}",
+                f"name={process_slug(process)}",
+                f"out_dir={root / process_slug(process)}",
             ],
         )
         key = patriarch_key(config)

@@ -25,3 +25,8 @@ class NumericalError(KdgenError):
 
 class RunDirError(KdgenError):
     """A run folder cannot be used as asked (it holds results, or another config)."""
+
+
+def one_line(message: object) -> str:
+    """A message, or an exception's, folded onto one line (some library errors span several)."""
+    return " ".join(str(message).split())

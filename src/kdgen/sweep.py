@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kdgen.config import build_config, parse_process
+from kdgen.config import build_config, parse_process, process_slug
 from kdgen.errors import ConfigError, RunDirError
 from kdgen.generations import RunResult, train_generations
 from kdgen.losses import REGULARIZERS
@@ -67,10 +67,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return process, regularizer
 
 
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", label.replace("D(", "D")).strip("-")
-
-
 def plan_sweep(
     preset: str, specs: list[str], seeds: list[int], out: Path, overrides: tuple[str, ...] = ()
 ) -> list[SweepRun]:
@@ -86,7 +82,7 @@ def plan_sweep(
             extra = [f"process={process}", f"seed={seed}"]
             if regularizer is not None:
                 extra.append(f"regularizer={regularizer}")
-            path = str(out / _slug(label) / f"seed{seed}")
+            path = str(out / process_slug(label) / f"seed{seed}")
             config = build_config(preset, [*overrides, *extra])  # validates every run up front
             key = patriarch_key(config)
             owner = owners.setdefault(key, path)
