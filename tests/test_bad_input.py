@@ -17,7 +17,7 @@ from kdgen.cli import main
 from kdgen.data.fashion_mnist import FILES
 from kdgen.runs import RunFolder, load_checkpoint
 from tests.conftest import FAST
-from tests.test_data_files import _idx_images, _rewrite_train, write_cifar100, write_fashion_mnist
+from tests.helpers import idx_images, rewrite_cifar100_train, write_cifar100, write_fashion_mnist
 
 Setup = Callable[[Path, Path], list[str]]  # (tmp folder, a finished run) -> argv
 
@@ -41,7 +41,7 @@ def _truncate(folder: Path) -> None:
 
 def _truncated_idx(tmp: Path, run: Path) -> list[str]:
     folder = write_fashion_mnist(tmp / "fm")
-    (folder / FILES["test_images"]).write_bytes(_idx_images(10, 1)[:-100])
+    (folder / FILES["test_images"]).write_bytes(idx_images(10, 1)[:-100])
     return _train("data.name=fashion-mnist", f"data.root={folder}")(tmp, run)
 
 
@@ -86,11 +86,11 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
     ),
     "truncated cifar pickle": (_cifar(_truncate), ("train",)),
     "labels out of range": (
-        _cifar(lambda f: _rewrite_train(f, fine_labels=[100] * 200)),
+        _cifar(lambda f: rewrite_cifar100_train(f, fine_labels=[100] * 200)),
         ("[0, 99]",),
     ),
     "wrong image shape": (
-        _cifar(lambda f: _rewrite_train(f, data=np.zeros(3072 * 200 - 5, dtype=np.uint8))),
+        _cifar(lambda f: rewrite_cifar100_train(f, data=np.zeros(3072 * 200 - 5, dtype=np.uint8))),
         ("multiple of 3072",),
     ),
     "truncated idx file": (_truncated_idx, ("t10k-images-idx3-ubyte",)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import http.server
 import io
@@ -31,47 +30,20 @@ from kdgen.data.cifar import (
 from kdgen.data.download import download_file, safe_extract_tar
 from kdgen.data.fashion_mnist import DEBIAN_DIR, FILES, load_fashion_mnist
 from kdgen.errors import DataError
-
-NUM_FINE = 100
-NUM_COARSE = 20
-COARSE_OF_FINE = [(7 * fine) % NUM_COARSE for fine in range(NUM_FINE)]
-
+from tests.helpers import (
+    COARSE_OF_FINE,
+    NUM_COARSE,
+    NUM_FINE,
+    cifar100_entry,
+    dump_pickle,
+    idx_images,
+    idx_labels,
+    rewrite_cifar100_train,
+    write_cifar100,
+    write_fashion_mnist,
+)
 
 # ---------------------------------------------------------------- CIFAR-100 fixture writer
-
-
-def _cifar_entry(per_class: int, seed: int) -> dict[bytes, object]:
-    """One split in the official layout: bytes keys, N x 3072 uint8 data, label lists."""
-    rng = np.random.default_rng(seed)
-    fine = np.repeat(np.arange(NUM_FINE), per_class)
-    rng.shuffle(fine)
-    data = rng.integers(0, 256, size=(fine.size, 3072), dtype=np.uint8)
-    coarse = [COARSE_OF_FINE[f] for f in fine.tolist()]
-    return {
-        b"filenames": [f"img_{i}.png".encode() for i in range(fine.size)],
-        b"data": data,
-        b"fine_labels": fine.tolist(),
-        b"coarse_labels": coarse,
-    }
-
-
-def _dump(path: Path, obj: object, protocol: int = 2) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=protocol))
-
-
-def write_cifar100(
-    folder: Path, n_train: int = 2, n_test: int = 1, seed: int = 0, protocol: int = 2
-) -> Path:
-    """Write a tiny CIFAR-100 (``n_train``/``n_test`` images per class) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    _dump(folder / "train", _cifar_entry(n_train, seed), protocol)
-    _dump(folder / "test", _cifar_entry(n_test, seed + 1), protocol)
-    meta = {
-        b"fine_label_names": [f"fine{i}".encode() for i in range(NUM_FINE)],
-        b"coarse_label_names": [f"coarse{i}".encode() for i in range(NUM_COARSE)],
-    }
-    _dump(folder / "meta", meta, protocol)
-    return folder
 
 
 def write_cifar100_tarball(path: Path, work: Path) -> Path:
@@ -106,7 +78,7 @@ def test_cifar100_from_official_folder(tmp_path: Path) -> None:
     write_cifar100(tmp_path / "cifar-100-python")
     dataset = load_cifar100(tmp_path)
     _check_cifar(dataset)
-    entry = _cifar_entry(2, 0)
+    entry = cifar100_entry(2, 0)
     data = entry[b"data"]
     # Row-major RGB planes: pixel (c, h, w) is byte c*1024 + h*32 + w of a row.
     assert int(dataset.train.images[5, 2, 3, 4]) == int(data[5, 2 * 1024 + 3 * 32 + 4])
@@ -160,55 +132,49 @@ def test_cifar100_garbage_pickle(tmp_path: Path) -> None:
 
 def test_cifar100_refuses_foreign_pickle_globals(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    _dump(folder / "meta", {b"fine_label_names": functools.partial(print, "pwned")})
+    dump_pickle(folder / "meta", {b"fine_label_names": functools.partial(print, "pwned")})
     with pytest.raises(DataError, match="not allowed"):
         load_cifar100(tmp_path)
 
 
-def _rewrite_train(folder: Path, **changes: object) -> None:
-    entry = _cifar_entry(2, 0)
-    entry.update({key.encode(): value for key, value in changes.items()})
-    _dump(folder / "train", entry)
-
-
 def test_cifar100_bad_data_length(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    _rewrite_train(folder, data=np.zeros(3072 * 200 - 5, dtype=np.uint8))
+    rewrite_cifar100_train(folder, data=np.zeros(3072 * 200 - 5, dtype=np.uint8))
     with pytest.raises(DataError, match="multiple of 3072"):
         load_cifar100(tmp_path)
 
 
 def test_cifar100_missing_key(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    entry = _cifar_entry(2, 0)
+    entry = cifar100_entry(2, 0)
     del entry[b"coarse_labels"]
-    _dump(folder / "train", entry)
+    dump_pickle(folder / "train", entry)
     with pytest.raises(DataError, match="coarse_labels"):
         load_cifar100(tmp_path)
 
 
 def test_cifar100_label_out_of_range(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    labels = _cifar_entry(2, 0)[b"fine_labels"]
+    labels = cifar100_entry(2, 0)[b"fine_labels"]
     labels[0] = NUM_FINE
-    _rewrite_train(folder, fine_labels=labels)
+    rewrite_cifar100_train(folder, fine_labels=labels)
     with pytest.raises(DataError, match=r"\[0, 99\]"):
         load_cifar100(tmp_path)
 
 
 def test_cifar100_label_count_mismatch(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    _rewrite_train(folder, fine_labels=_cifar_entry(2, 0)[b"fine_labels"][:-1])
+    rewrite_cifar100_train(folder, fine_labels=cifar100_entry(2, 0)[b"fine_labels"][:-1])
     with pytest.raises(DataError, match="199 labels for 200 images"):
         load_cifar100(tmp_path)
 
 
 def test_cifar100_inconsistent_coarse_mapping(tmp_path: Path) -> None:
     folder = write_cifar100(tmp_path / "cifar-100-python")
-    entry = _cifar_entry(2, 0)
+    entry = cifar100_entry(2, 0)
     index = entry[b"fine_labels"].index(0)
     entry[b"coarse_labels"][index] = (COARSE_OF_FINE[0] + 1) % NUM_COARSE
-    _dump(folder / "train", entry)
+    dump_pickle(folder / "train", entry)
     with pytest.raises(DataError, match="fine class 0 appears with several coarse"):
         load_cifar100(tmp_path)
 
@@ -285,13 +251,13 @@ def write_cifar10(folder: Path, per_class: int = 2) -> Path:
     """A tiny CIFAR-10 (``per_class`` images per class in each of the six batch files)."""
     folder.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate([*CIFAR10_BATCHES, "test_batch"]):
-        _dump(folder / name, _cifar10_entry(per_class, seed))
+        dump_pickle(folder / name, _cifar10_entry(per_class, seed))
     meta = {
         b"num_cases_per_batch": CIFAR10_CLASSES * per_class,
         b"label_names": [f"class{i}".encode() for i in range(CIFAR10_CLASSES)],
         b"num_vis": 3072,
     }
-    _dump(folder / "batches.meta", meta)
+    dump_pickle(folder / "batches.meta", meta)
     return folder
 
 
@@ -367,7 +333,7 @@ def test_cifar10_corrupt_batch_names_cifar10(tmp_path: Path) -> None:
     folder = write_cifar10(tmp_path / "cifar-10-batches-py")
     entry = _cifar10_entry(2, 3)
     entry[b"labels"][0] = CIFAR10_CLASSES
-    _dump(folder / "data_batch_4", entry)
+    dump_pickle(folder / "data_batch_4", entry)
     with pytest.raises(DataError, match=r"CIFAR-10 file .*data_batch_4.*\[0, 9\]") as info:
         load_cifar10(tmp_path)
     assert "cifar-10-batches-py folder" in str(info.value)
@@ -510,36 +476,6 @@ def test_cifar100_corrupt_tarball_in_root(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- Fashion-MNIST
 
 
-def _idx_images(count: int, seed: int, rows: int = 28, magic: int = 2051) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (count, rows, 28), dtype=np.uint8)
-    header = np.array([magic, count, rows, 28], dtype=">u4").tobytes()
-    return header + pixels.tobytes()
-
-
-def _idx_labels(labels: list[int], magic: int = 2049) -> bytes:
-    return np.array([magic, len(labels)], dtype=">u4").tobytes() + bytes(labels)
-
-
-def _write(path: Path, data: bytes, gz: bool) -> None:
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
-
-
-def write_fashion_mnist(
-    folder: Path, gz: bool = False, n_train: int = 20, n_test: int = 10
-) -> Path:
-    """Write tiny idx files with labels cycling through 0..9."""
-    folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / FILES["train_images"], _idx_images(n_train, 0), gz)
-    _write(folder / FILES["train_labels"], _idx_labels([i % 10 for i in range(n_train)]), gz)
-    _write(folder / FILES["test_images"], _idx_images(n_test, 1), gz)
-    _write(folder / FILES["test_labels"], _idx_labels([(3 * i) % 10 for i in range(n_test)]), gz)
-    return folder
-
-
 @pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
 def test_fashion_mnist_loads(tmp_path: Path, gz: bool) -> None:
     write_fashion_mnist(tmp_path, gz=gz)
@@ -549,7 +485,7 @@ def test_fashion_mnist_loads(tmp_path: Path, gz: bool) -> None:
     assert dataset.train.images.dtype == torch.uint8
     assert dataset.train.labels.dtype == torch.int64
     assert dataset.train.labels.tolist() == [i % 10 for i in range(20)]
-    pixels = np.frombuffer(_idx_images(20, 0)[16:], dtype=np.uint8).reshape(20, 1, 28, 28)
+    pixels = np.frombuffer(idx_images(20, 0)[16:], dtype=np.uint8).reshape(20, 1, 28, 28)
     assert torch.equal(dataset.train.images, torch.from_numpy(pixels.copy()))
     assert dataset.class_names[0] == "T-shirt/top"
     assert dataset.class_names[9] == "Ankle boot"
@@ -592,14 +528,14 @@ def test_fashion_mnist_missing(tmp_path: Path) -> None:
 
 def test_fashion_mnist_bad_magic(tmp_path: Path) -> None:
     folder = write_fashion_mnist(tmp_path)
-    (folder / FILES["train_images"]).write_bytes(_idx_images(20, 0, magic=2049))
+    (folder / FILES["train_images"]).write_bytes(idx_images(20, 0, magic=2049))
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*magic number 2049"):
         load_fashion_mnist(tmp_path, system_dirs=())
 
 
 def test_fashion_mnist_truncated(tmp_path: Path) -> None:
     folder = write_fashion_mnist(tmp_path)
-    (folder / FILES["test_images"]).write_bytes(_idx_images(10, 1)[:-100])
+    (folder / FILES["test_images"]).write_bytes(idx_images(10, 1)[:-100])
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         load_fashion_mnist(tmp_path, system_dirs=())
     (folder / FILES["test_images"]).write_bytes(b"\x00\x00")
@@ -618,21 +554,21 @@ def test_fashion_mnist_truncated_gzip(tmp_path: Path) -> None:
 
 def test_fashion_mnist_wrong_image_size(tmp_path: Path) -> None:
     folder = write_fashion_mnist(tmp_path)
-    (folder / FILES["train_images"]).write_bytes(_idx_images(20, 0, rows=27))
+    (folder / FILES["train_images"]).write_bytes(idx_images(20, 0, rows=27))
     with pytest.raises(DataError, match="27x28"):
         load_fashion_mnist(tmp_path, system_dirs=())
 
 
 def test_fashion_mnist_count_mismatch(tmp_path: Path) -> None:
     folder = write_fashion_mnist(tmp_path)
-    (folder / FILES["train_labels"]).write_bytes(_idx_labels([1] * 19))
+    (folder / FILES["train_labels"]).write_bytes(idx_labels([1] * 19))
     with pytest.raises(DataError, match="19 labels for 20 images"):
         load_fashion_mnist(tmp_path, system_dirs=())
 
 
 def test_fashion_mnist_label_out_of_range(tmp_path: Path) -> None:
     folder = write_fashion_mnist(tmp_path)
-    (folder / FILES["test_labels"]).write_bytes(_idx_labels([0] * 9 + [10]))
+    (folder / FILES["test_labels"]).write_bytes(idx_labels([0] * 9 + [10]))
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.*label 10 out of range"):
         load_fashion_mnist(tmp_path, system_dirs=())
 
