@@ -33,7 +33,12 @@ def test_different_purposes_or_keys_give_different_seeds(
 
 
 @given(purposes, keys)
-def test_seeds_are_63_bit_and_stable(purpose: str, values: list[int]) -> None:
-    seed = derive_seed(purpose, *values)
-    assert 0 <= seed < 2**63
-    assert seed == derive_seed(purpose, *values)
+def test_seeds_are_63_bit(purpose: str, values: list[int]) -> None:
+    assert 0 <= derive_seed(purpose, *values) < 2**63
+
+
+def test_seeds_are_pinned() -> None:
+    """Stable across processes and platforms (no Python hash()), and unchanged since runs
+    were written with them: a resumed run must draw the numbers it drew before."""
+    assert derive_seed("stream", 0, 1, 2) == 8472780076891453304
+    assert derive_seed("init", 3) == 5741606102322807197
