@@ -1,4 +1,4 @@
-"""The imagefolder data source on a tiny folder data set written in tmp_path."""
+"""The imagefolder data source on a tiny folder data set written in tmp_path, and a run on it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kdgen.config import build_config
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.data.imagefolder import (
     FolderLoader,
@@ -19,6 +20,7 @@ from kdgen.data.imagefolder import (
     train_transform,
 )
 from kdgen.errors import DataError
+from kdgen.generations import train_generations
 
 CLASSES = ["ant", "bee", "cow"]
 SIZE = 16
@@ -112,12 +114,51 @@ def test_transforms_output_size() -> None:
     assert train_transform(SIZE)(image).shape == (3, SIZE, SIZE)
 
 
-def test_hierarchy_file(dataset_root: Path, tmp_path: Path) -> None:
+def _hierarchy_file(tmp_path: Path) -> Path:
     path = tmp_path / "h.json"
     path.write_text(json.dumps({"ant": "insect", "bee": "insect", "cow": "mammal"}))
-    data = load_image_folder(dataset_root, workers=0, hierarchy_file=path)
+    return path
+
+
+def test_hierarchy_file(dataset_root: Path, tmp_path: Path) -> None:
+    data = load_image_folder(dataset_root, workers=0, hierarchy_file=_hierarchy_file(tmp_path))
     assert isinstance(data.hierarchy, Hierarchy)
     assert data.hierarchy.coarse_of_fine().tolist() == [0, 0, 1]
+
+
+@pytest.mark.slow
+def test_a_run_on_an_image_folder_with_a_hierarchy_file(dataset_root: Path, tmp_path: Path) -> None:
+    config = build_config(
+        "smoke",
+        [
+            "data.name=imagefolder",
+            f"data.root={dataset_root}",
+            f"data.hierarchy={_hierarchy_file(tmp_path)}",
+            f"data.imagefolder.image_size={SIZE}",
+            "data.imagefolder.workers=0",
+            "data.val_size=3",
+            "data.batch_size=5",
+            "data.eval_batch_size=6",
+            "k=2",
+            "schedule.epochs=2",
+            "progress=false",
+            "tensorboard=false",
+            f"out_dir={tmp_path / 'run'}",
+        ],
+    )
+    result = train_generations(config)
+    summary = result.summary
+    assert summary["num_classes"] == 3
+    assert [g["generation"] for g in summary["generations"]] == [0, 1]
+    for entry in summary["generations"]:
+        # K=2: one secondary class, a sibling (distance 1) or outside the group (distance
+        # 2), so Dist^S = 1 + Dist^C; a cow (a third of the test images) has no sibling.
+        dist_c, dist_s = entry["test"]["dist_c"], entry["test"]["dist_s"]
+        assert 1 / 3 - 1e-6 <= dist_c <= 1
+        assert dist_s == pytest.approx(1 + dist_c, abs=1e-5)
+    classes = json.loads((result.path / "classes.json").read_text())
+    assert classes["class_names"] == CLASSES
+    assert classes["coarse_of_fine"] == [0, 0, 1]
 
 
 def test_workers_and_pinning(dataset_root: Path) -> None:

@@ -1,4 +1,5 @@
-"""Numerical faults: divergence stops training with one line; the last good checkpoint stays."""
+"""The divergence guard: a non-finite loss or a gradient norm above max_grad_norm stops
+training with one line, and the last good checkpoint stays."""
 
 from __future__ import annotations
 
