@@ -22,7 +22,6 @@ from typing import Any
 
 from kdgen.config import build_config, parse_process, process_slug
 from kdgen.errors import ConfigError, RunDirError
-from kdgen.generations import RunResult, train_generations
 from kdgen.losses import REGULARIZERS
 from kdgen.policy import patriarch_key
 from kdgen.runs import RunFolder, atomic_write_json
@@ -168,22 +167,6 @@ def last_test_top1(path: str | Path) -> float | None:
     if not generations or not generations[-1].get("test"):
         return None
     return generations[-1]["test"].get("top1")
-
-
-def run_sweep(preset: str, runs: list[SweepRun], out: Path) -> list[RunResult]:
-    """Run the plan one run after another; finished runs are skipped, partial ones resumed."""
-    write_plan(out, preset, runs)
-    results = []
-    for index, run in enumerate(runs, 1):
-        folder = RunFolder(run.path)
-        state = folder.read_state().get("status") if folder.state_path.exists() else None
-        print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {state or 'new'}", flush=True)
-        config = build_config(preset, [*run.overrides, f"out_dir={run.path}"])
-        if state == "finished":
-            results.append(RunResult(folder.path, folder.read_summary() or {}))
-            continue
-        results.append(train_generations(config, resume=folder.config_path.exists()))
-    return results
 
 
 def format_commands(preset: str, runs: list[SweepRun]) -> str:
