@@ -108,6 +108,15 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
 }
 
 
+# The cases that need a trained run folder (slow: the run is trained once, when first needed).
+ON_A_FINISHED_RUN = {
+    "finished run folder",
+    "resume with another config",
+    "corrupt checkpoint",
+    "checkpoint of another architecture",
+}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
@@ -119,11 +128,16 @@ def _snapshot(*folders: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for f in folders for p in f.rglob("*") if p.is_file()}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow) if c in ON_A_FINISHED_RUN else c for c in CASES],
+)
 def test_bad_input(
-    case: str, tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
+    case: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     setup, expected = CASES[case]
+    needs_run = case in ON_A_FINISHED_RUN
+    finished_run = request.getfixturevalue("finished_run") if needs_run else tmp_path / "no-run"
     argv = setup(tmp_path, finished_run)
     capsys.readouterr()
     before = _snapshot(tmp_path, finished_run)
@@ -139,6 +153,7 @@ def test_bad_input(
     assert {p: after.get(p) for p in before} == before, "an existing file changed"
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -69,6 +69,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         main(["--debug", "train", "smoke", "eta=2", f"out_dir={tmp_path}"])
 
 
+@pytest.mark.slow
 def test_train_then_eval_recomputes_the_same_test_metrics(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -92,6 +93,7 @@ def test_train_then_eval_recomputes_the_same_test_metrics(
     assert code == 0 and json.loads(out)["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_eval_rejects_a_checkpoint_of_another_architecture(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -103,6 +105,7 @@ def test_eval_rejects_a_checkpoint_of_another_architecture(
     assert code == 2 and "tiny_cnn" in err and "resnet8" in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_kdgen_works() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "kdgen", "train", "smoke", "eta=7"],

@@ -73,6 +73,7 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(two_process_run: Path, tmp_path: Path) -> None:
     single = train_generations(build_config("smoke", [*FAST, "device=cpu", f"out_dir={tmp_path}"]))
     multi = json.loads((two_process_run / "summary.json").read_text())
@@ -94,6 +95,7 @@ def test_two_processes_match_one(two_process_run: Path, tmp_path: Path) -> None:
             assert (ours[split][0].float() - logits.float()).abs().max() < 0.05
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_plain_module(two_process_run: Path) -> None:
     payload = load_checkpoint(two_process_run / "checkpoints" / "gen1.pt")
     assert not any(key.startswith("module.") for key in payload["model"])
@@ -105,6 +107,7 @@ def test_checkpoints_hold_the_plain_module(two_process_run: Path) -> None:
     assert len(lines) == len(set(lines)) == 2 * 2 * 3  # one writer: generations x epochs x splits
 
 
+@pytest.mark.slow
 def test_resume_of_an_interrupted_distributed_run(two_process_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     stopped = torchrun(train_args(out), entry=(STOP_AFTER_SAVES, "3"))  # gen0 done, gen1 epoch 1
@@ -121,6 +124,7 @@ def test_resume_of_an_interrupted_distributed_run(two_process_run: Path, tmp_pat
             assert a[split]["nll"] == pytest.approx(b[split]["nll"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_saves_mid_epoch_and_resumes_exactly(tmp_path: Path) -> None:
     """torchrun passes a SIGTERM on to both ranks; they agree on one step, rank 0 saves a
     mid-epoch state with both ranks' sums, and the resumed run ends as an uninterrupted one."""
@@ -210,6 +214,7 @@ def test_lr_scaling() -> None:
         build_config("smoke", ["schedule.base_batch_size=0"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL)"
 )

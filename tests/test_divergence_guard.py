@@ -12,6 +12,7 @@ from kdgen.runs import RunFolder, load_checkpoint
 from tests.conftest import FAST
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_good_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

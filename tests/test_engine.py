@@ -12,6 +12,7 @@ from kdgen.config import ScheduleConfig, build_config
 from kdgen.engine import EvalSettings, Hooks, freeze, lr_factor, predict, train_generation
 from kdgen.models import create_model
 from kdgen.policy import make_loss
+from tests.conftest import FAST
 
 CPU = torch.device("cpu")
 
@@ -35,7 +36,7 @@ def test_freeze_returns_a_separate_frozen_copy() -> None:
 
 
 def test_train_generation_refuses_the_student_as_its_own_teacher() -> None:
-    config = build_config("smoke", ["progress=false", "schedule.epochs=1"])
+    config = build_config("smoke", [*FAST, "schedule.epochs=1"])
     data = prepare_data(config, CPU)
     model = build_model(config, data.dataset, 1, CPU)
     with pytest.raises(ValueError, match="frozen copy"):
@@ -44,6 +45,7 @@ def test_train_generation_refuses_the_student_as_its_own_teacher() -> None:
         )
 
 
+@pytest.mark.slow
 def test_teacher_weights_and_buffers_do_not_change_while_it_teaches() -> None:
     config = build_config("smoke", ["progress=false", "schedule.epochs=1"])
     data = prepare_data(config, CPU)
@@ -63,6 +65,7 @@ def test_teacher_weights_and_buffers_do_not_change_while_it_teaches() -> None:
     assert changed, "the student did not train"
 
 
+@pytest.mark.slow
 def test_one_generation_really_learns() -> None:
     config = build_config("smoke", ["progress=false"])
     data = prepare_data(config, CPU)
@@ -94,7 +97,7 @@ def test_one_generation_really_learns() -> None:
 
 
 def test_predict_restores_training_mode_and_returns_all_rows() -> None:
-    config = build_config("smoke", ["progress=false"])
+    config = build_config("smoke", list(FAST))
     data = prepare_data(config, CPU)
     model = build_model(config, data.dataset, 0, CPU)
     model.train()

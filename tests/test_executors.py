@@ -64,6 +64,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_jobs_share_the_patriarch_and_split_the_cores(reference: Path) -> None:
     patriarch, born_again = reference / "D1.0-0.0" / "seed0", reference / "D1.0-0.6" / "seed0"
     assert run_status(patriarch) == run_status(born_again) == "finished"
@@ -80,6 +81,7 @@ def test_two_jobs_share_the_patriarch_and_split_the_cores(reference: Path) -> No
     assert not any(r["generation"] == 0 for r in RunFolder(born_again).read_metrics())
 
 
+@pytest.mark.slow
 def test_a_failing_run_stops_neither_the_others_nor_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -113,6 +115,7 @@ def test_more_jobs_than_gpus_only_when_asked() -> None:
     assert LocalExecutor(jobs=4, cores=2).threads == 1
 
 
+@pytest.mark.slow
 def test_the_executor_skips_finished_runs(reference: Path) -> None:
     _, runs, _ = read_plan(reference)
     lines: list[str] = []
@@ -123,6 +126,7 @@ def test_the_executor_skips_finished_runs(reference: Path) -> None:
     assert exit_status(outcomes) == 0 and all("finished earlier" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -153,6 +157,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_results(
     assert [row.split()[2:5] for row in rows] == [["finished", "1", "2"]] * 2
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_sweep_stops_each_training_gracefully_once(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     sweep = subprocess.Popen(

@@ -14,6 +14,7 @@ from kdgen.runs import load_checkpoint
 from tests.conftest import FAST
 
 
+@pytest.mark.slow
 def test_export_round_trips_into_create_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

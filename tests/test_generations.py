@@ -20,6 +20,7 @@ from kdgen.runs import RunFolder, load_checkpoint
 SPLIT_KEYS = {"top1", "top5", "nll", "mean_max_prob", "entropy", "dist_c", "dist_s"}
 
 
+@pytest.mark.slow
 def test_run_folder_and_summary(fast_config: Callable[..., Config]) -> None:
     config = fast_config("generations=2", "tensorboard=true")
     result = train_generations(config)
@@ -57,6 +58,7 @@ def test_run_folder_and_summary(fast_config: Callable[..., Config]) -> None:
     assert folder.read_state()["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_same_config_and_seed_give_the_same_metrics(
     fast_config: Callable[..., Config], precision: str
@@ -69,6 +71,7 @@ def test_same_config_and_seed_give_the_same_metrics(
     assert third.summary["generations"] != first.summary["generations"]
 
 
+@pytest.mark.slow
 def test_teacher_is_a_frozen_copy_of_the_previous_generation(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -130,6 +133,7 @@ def test_regulariser_applies_to_the_patriarch_only_by_default() -> None:
     )
 
 
+@pytest.mark.slow
 def test_refuses_a_folder_with_results_and_force_new_writes_beside_it(
     fast_config: Callable[..., Config],
 ) -> None:
@@ -147,6 +151,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_continues_and_matches_an_uninterrupted_run(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,12 +184,14 @@ def test_resume_continues_and_matches_an_uninterrupted_run(
     assert len(keys) == len(RunFolder(reference.path).read_metrics())
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_config(fast_config: Callable[..., Config]) -> None:
     train_generations(fast_config("generations=0"))
     with pytest.raises(RunDirError, match="eta"):
         train_generations(fast_config("generations=0", "process=D(0.7,0.6)"), resume=True)
 
 
+@pytest.mark.slow
 def test_shared_patriarch_gives_the_same_patriarch_metrics(
     fast_config: Callable[..., Config],
 ) -> None:

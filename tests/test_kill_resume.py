@@ -66,6 +66,7 @@ def _phase(run: Path) -> str:
     return f"generation {state['generation']}, epoch {state['epoch']}, step {state['step']}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("seed", "precision"), [(0, "fp32"), (1, "bf16")])
 def test_random_kills_then_resume_give_the_uninterrupted_summary(
     tmp_path: Path, seed: int, precision: str
@@ -107,6 +108,7 @@ SLOW_FSYNC = (
 )
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL while a temporary checkpoint file exists (the write is under way): the
     resumed run still ends with the uninterrupted summary, and no temporary file stays."""

@@ -59,6 +59,7 @@ def _train_records(folder: RunFolder, generation: int) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_train_records_and_tensorboard_hold_the_parts(
     fast_config: Callable[..., Config],
 ) -> None:
@@ -81,6 +82,7 @@ def test_train_records_and_tensorboard_hold_the_parts(
     assert {"gen0/train/loss_ce", "gen0/train/loss_reg", "gen1/train/loss_kd"} <= tags
 
 
+@pytest.mark.slow
 def test_independent_runs_log_cross_entropy_alone_and_keep_float32_logits(
     fast_config: Callable[..., Config],
 ) -> None:

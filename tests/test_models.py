@@ -109,6 +109,7 @@ def test_tiny_cnn_refuses_bad_widths(widths: list[object]) -> None:
         create_model("tiny_cnn", num_classes=10, widths=widths)
 
 
+@pytest.mark.slow
 def test_tiny_cnn_overfits_small_batch() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 3, 16, 16)

@@ -9,17 +9,22 @@ from pathlib import Path
 import pytest
 
 from kdgen.cli import main
-from kdgen.config import Config
+from kdgen.config import Config, build_config
 from kdgen.errors import CheckpointError
 from kdgen.generations import train_generations
 from kdgen.runs import RunFolder
+from tests.conftest import FAST
 
 
-@pytest.fixture
-def strict(fast_config: Callable[..., Config]) -> Path:
-    return train_generations(fast_config("process=D(1.0,0.0)", out="strict")).path
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A strict run whose patriarch the tests reuse (none of them writes in it)."""
+    out = tmp_path_factory.mktemp("strict") / "run"
+    config = build_config("smoke", [*FAST, "process=D(1.0,0.0)", f"out_dir={out}"])
+    return train_generations(config).path
 
 
+@pytest.mark.slow
 def test_a_reused_patriarch_is_loaded_not_trained(
     fast_config: Callable[..., Config], strict: Path
 ) -> None:
@@ -35,6 +40,7 @@ def test_a_reused_patriarch_is_loaded_not_trained(
     assert gen0["test"] == theirs["test"] and gen0["train"] == theirs["train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "was", "has"),
     [
@@ -60,6 +66,7 @@ def test_a_mismatched_patriarch_is_refused_naming_the_keys(
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_what_does_not_shape_the_patriarch_may_differ(
     fast_config: Callable[..., Config], strict: Path
 ) -> None:
@@ -68,11 +75,10 @@ def test_what_does_not_shape_the_patriarch_may_differ(
     assert [g["generation"] for g in shared.summary["generations"]] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_mismatched_patriarch_with_exit_2(
     strict: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import FAST
-
     argv = ["train", "smoke", *FAST, "process=D(1.0,0.6)", "seed=3", f"patriarch={strict}"]
     argv += ["--out", str(tmp_path / "y")]
     assert main(argv) == 2

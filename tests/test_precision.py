@@ -78,6 +78,7 @@ def test_teacher_use_follows_lam() -> None:
     assert [uses_teacher(config, g) for g in range(3)] == [False, True, True]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lam", [0.0, 0.6])
 def test_no_teacher_is_frozen_or_run_when_lam_is_zero(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, lam: float
@@ -101,6 +102,7 @@ def test_no_teacher_is_frozen_or_run_when_lam_is_zero(
     assert len(frozen) == (2 if lam > 0 else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_precision_override_is_used_and_recorded(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, precision: str
@@ -121,6 +123,7 @@ def test_precision_override_is_used_and_recorded(
     assert (summary["precision"], summary["layout"]) == (precision, "contiguous")
 
 
+@pytest.mark.slow
 def test_resume_reuses_the_recorded_numerics(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,6 +38,7 @@ def _stop_after(polls: int) -> Callable[[], bool]:
     return stop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("polls", "where", "precision"),
     [
@@ -71,6 +72,7 @@ def test_stop_then_resume_matches_an_uninterrupted_run(
     assert folder.summary_path.read_bytes() == (reference.path / "summary.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_sigint_in_the_cli_exits_130_with_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -93,6 +95,7 @@ def test_sigint_in_the_cli_exits_130_with_one_line(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_training_process(tmp_path: Path) -> None:
     """A real SIGTERM: exit 143, run.json interrupted, and the resumed run's summary equals
     an uninterrupted run's."""
@@ -120,6 +123,7 @@ def test_sigterm_to_a_training_process(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_resumable_checkpoint_contents_and_config_check(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:

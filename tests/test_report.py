@@ -349,6 +349,7 @@ def test_baseline_is_configurable(sweep: Path, tmp_path: Path) -> None:
     assert "--baseline 'D(0.6,0.6)'" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_val_size_zero_runs_report(fast_config: Callable[..., Config], tmp_path: Path) -> None:
     """The paper presets train on the whole training set: no validation split anywhere,
     and a patriarch shared through ``patriarch=``."""

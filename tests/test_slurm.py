@@ -85,6 +85,7 @@ ARGV = [
 ]
 
 
+@pytest.mark.slow
 def test_one_job_per_run_with_resources_and_patriarch_dependencies(
     slurm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -122,6 +123,7 @@ def test_one_job_per_run_with_resources_and_patriarch_dependencies(
     assert train_argv(preset, runs[0])[-2:] == ["--out", str(strict)]
 
 
+@pytest.mark.slow
 def test_a_rerun_submits_only_runs_without_an_active_job(
     slurm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -137,6 +139,7 @@ def test_a_rerun_submits_only_runs_without_an_active_job(
     assert "#SBATCH --partition=gpu\n" in _submission(out / "D1.0-0.0" / "seed0", 4004)
 
 
+@pytest.mark.slow
 def test_a_preempted_job_stops_training_and_resubmits_itself(tmp_path: Path) -> None:
     (run,) = plan_sweep("smoke", ["D(1.0,0.0)"], [0], tmp_path, FAST)
     job = TrainJob("smoke", run, threads=2)

@@ -50,6 +50,7 @@ def _epochs(stream: list[str], epochs: int) -> list[tuple[str, ...]]:
     return [tuple(stream[e * steps : (e + 1) * steps]) for e in range(epochs)]
 
 
+@pytest.mark.slow
 def test_no_generation_or_epoch_replays_another_stream(
     fast_config: Callable[..., Config],
 ) -> None:
@@ -60,6 +61,7 @@ def test_no_generation_or_epoch_replays_another_stream(
     assert len(set(per_epoch)) == 6, "a generation or an epoch replayed another's batches"
 
 
+@pytest.mark.slow
 def test_processes_of_one_seed_draw_the_same_streams_and_seeds_differ(
     fast_config: Callable[..., Config],
 ) -> None:
@@ -86,6 +88,7 @@ def test_split_depends_on_the_seed_alone(fast_config: Callable[..., Config]) -> 
     assert not torch.equal(first["val"], split("seed=1")["val"])
 
 
+@pytest.mark.slow
 def test_a_resumed_generation_draws_the_uninterrupted_stream(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:

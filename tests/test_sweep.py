@@ -103,6 +103,7 @@ def test_ensemble_averages_probabilities_not_logits() -> None:
     assert metrics == classification_metrics(probs.log(), labels)
 
 
+@pytest.mark.slow
 def test_run_saves_logits_and_ensembles(fast_config) -> None:  # type: ignore[no-untyped-def]
     result = train_generations(fast_config("generations=2"))
     folder = RunFolder(result.path)

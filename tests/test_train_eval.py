@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 
 from kdgen.build import prepare_data
@@ -50,6 +51,7 @@ def test_at_most_the_whole_training_split_and_none_when_off(
     assert "train_eval" not in off.eval_loaders
 
 
+@pytest.mark.slow
 def test_every_generation_records_the_accuracy_of_its_model_on_those_images(
     fast_config: Callable[..., Config],
 ) -> None:

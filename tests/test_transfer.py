@@ -88,6 +88,7 @@ def _check_result(result: dict, run_dir: Path, data: str) -> None:
     assert result["feature_dim"] == load_generation_model(run_dir, 0).num_features
 
 
+@pytest.mark.slow
 def test_transfer_synthetic(run_dir: Path) -> None:
     result = transfer_run(
         run_dir, "synthetic", options=SYNTHETIC, device="cpu", test_subset=50, max_iter=100
@@ -101,6 +102,7 @@ def test_transfer_synthetic(run_dir: Path) -> None:
     assert f"{result['generations'][1]['test_top1']:.4f}" in table.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_transfer_fashion_mnist_repeats_grey_and_resizes(run_dir: Path, tmp_path: Path) -> None:
     _write_fashion_mnist(tmp_path / "fm")
     result = transfer_run(
@@ -116,6 +118,7 @@ def test_transfer_fashion_mnist_repeats_grey_and_resizes(run_dir: Path, tmp_path
     assert result["generations"][0]["train_top1"] > 0.5  # 40 points in 32 dims: separable
 
 
+@pytest.mark.slow
 def test_grey_features_through_colour_model(run_dir: Path) -> None:
     model = load_generation_model(run_dir, 1)
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
@@ -126,6 +129,7 @@ def test_grey_features_through_colour_model(run_dir: Path) -> None:
     assert torch.equal(labels, torch.arange(6))
 
 
+@pytest.mark.slow
 def test_errors(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="no run"):
         transfer_run(tmp_path / "empty", "synthetic")
