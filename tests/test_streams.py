@@ -83,7 +83,7 @@ def test_split_depends_on_the_seed_alone(fast_config: Callable[..., Config]) -> 
 
     first = split("process=D(1.0,0.0)")
     second = split("process=D(0.5,0.6)", "regularizer=lsr", "generations=3")
-    assert first.keys() == second.keys() == {"train", "val", "test"}
+    assert first.keys() == second.keys() == {"train", "val", "test", "train_eval"}
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert not torch.equal(first["val"], split("seed=1")["val"])
 
