@@ -90,6 +90,7 @@ def _summary(label: str, seed: int) -> dict[str, Any]:
                 "train": {"loss": 0.5, "top1": 0.9 + 0.01 * g, **_loss_parts(eta, lam, g, seed)},
                 "val": test,
                 "test": test,
+                "train_eval": {"top1": 0.97 + 0.01 * seed, "nll": 0.1 * g, "mean_max_prob": 0.9},
             }
         )
     ensemble = _metrics(0.8, DIST_C[label], 0.6)
@@ -287,6 +288,29 @@ def test_training_loss_parts(report: Path) -> None:
     assert _row(losses, "D(0.6,0.6)", "2")[5:] == ["-", "0.2000 ± 0.0000"]
 
 
+def test_fit_to_the_training_images(report: Path) -> None:
+    fit = report.read_text().split("## Fit to the training images")[1].split("## ")[0]
+    assert _row(fit, "process")[3:5] == ["clean train top-1 (%)", "clean train NLL"]
+    # Clean train top-1 0.97, 0.98, 0.99 over seeds 0-2; NLL 0.1 * generation on every seed;
+    # running train top-1 0.9 + 0.01 * generation.
+    assert _row(fit, "D(1.0,0.0)", "2")[2:6] == [
+        "3",
+        "98.00 ± 1.00",
+        "0.2000 ± 0.0000",
+        "92.00 ± 0.00",
+    ]
+
+
+def test_runs_without_train_eval_have_no_fit_section(tmp_path: Path) -> None:
+    summary = _summary("D(1.0,0.0)", 0)
+    for entry in summary["generations"]:
+        del entry["train_eval"]
+    (tmp_path / "run").mkdir()
+    RunFolder(tmp_path / "run").write_summary(summary)
+    text = write_report([tmp_path], tmp_path / "out").read_text()
+    assert "## Fit to the training images" not in text
+
+
 def test_ensemble_rows(report: Path) -> None:
     row = _row(report.read_text(), "D(0.6,0.6)", "all [0,1,2]")
     assert row[3] == "**80.00 ± 0.00**"
@@ -367,7 +391,7 @@ def test_val_size_zero_runs_report(fast_config: Callable[..., Config], tmp_path:
     )
     for result in (strict, shared):
         assert all(entry["val"] is None for entry in result.summary["generations"])
-        assert set(RunFolder(result.path).load_logits(0)) == {"test"}
+        assert set(RunFolder(result.path).load_logits(0)) == {"test", "train_eval"}
     text = write_report([strict.path, shared.path], tmp_path / "out").read_text()
     assert _row(_differences(text), "D(1.0,0.6)", "0")[3] == "shared with D(1.0,0.0)"
     assert _row(text, "D(1.0,0.6)", "1")[2] == "1"  # n = 1: its mean alone

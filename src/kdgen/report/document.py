@@ -16,6 +16,7 @@ from kdgen.report.secondary import per_class_table
 from kdgen.report.tables import (
     Section,
     ensembles_table,
+    fit_table,
     generations_summary_table,
     training_loss_table,
 )
@@ -84,6 +85,19 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 f"Each ensemble minus {baseline}'s ensemble of the same name on the same seed; "
                 "n, intervals and the rule for calling a difference real as above.",
                 ensemble_differences,
+            )
+        )
+    fit = fit_table(groups)
+    if fit is not None:
+        sections.append(
+            Section(
+                "Fit to the training images (mean ± sample std over seeds)",
+                "Clean train top-1 and NLL: the last epoch's model evaluated without "
+                "augmentation on a fixed seeded subset of its training images (eval_train_max; "
+                "docs/method.md, Evaluation protocol). A baseline near 100 % fits its training "
+                "set, as the paper's networks do; running train top-1 is the accuracy during "
+                "the last epoch, on augmented batches and with the weights still moving.",
+                fit,
             )
         )
     losses = training_loss_table(groups)

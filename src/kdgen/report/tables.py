@@ -214,6 +214,27 @@ def ensembles_table(groups: dict[str, list[Run]]) -> Table | None:
     return Table(headers, rows, left=2, notes=[spread])
 
 
+FIT_COLUMNS = (
+    Column("clean train top-1 (%)", "top1", 100.0, 2, None, split="train_eval"),
+    Column("clean train NLL", "nll", 1.0, 4, None, split="train_eval"),
+    Column("running train top-1 (%)", "top1", 100.0, 2, None, split="train"),
+    Column("val top-1 (%)", "top1", 100.0, 2, None, split="val"),
+    Column("test top-1 (%)", "top1", 100.0, 2, None),
+)
+
+
+def fit_table(groups: dict[str, list[Run]]) -> Table | None:
+    """How well each generation fits its training images: the clean evaluation of a seeded
+    subset of them (``train_eval``, no augmentation) beside the running training accuracy,
+    validation and test; None when no run evaluated its training images (older runs)."""
+    keys, entries = _per_generation(groups)
+    if not any((e or {}).get("train_eval") for group in entries for e in group):
+        return None
+    headers = ["process", "gen", "n", *(c.header for c in FIT_COLUMNS)]
+    note = "Cells: mean ± sample standard deviation (ddof = 1) over the n seeds of the row."
+    return Table(headers, _metric_rows(keys, entries, FIT_COLUMNS), left=1, notes=[note])
+
+
 LOSS_COLUMNS = (
     Column("loss", "loss", 1.0, 4, None, split="train"),
     Column("loss_ce", "loss_ce", 1.0, 4, None, split="train"),
