@@ -41,7 +41,7 @@ from kdgen.policy import (
     generation_schedule,
     loss_settings,
     make_loss,
-    patriarch_identity,
+    patriarch_mismatch,
     uses_teacher,
 )
 from kdgen.precision import Numerics
@@ -107,40 +107,38 @@ def _patriarch_paths(config: Config) -> tuple[Path, Path]:
     return path.parent.parent, path
 
 
-def _check_patriarch(config: Config, run_dir: Path, payload: dict[str, Any]) -> None:
-    """Refuse a patriarch that is not the one this run would train (exit 2, one line)."""
+def _check_patriarch(
+    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
+) -> None:
+    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
+    numerics are those its run.json recorded, resolved as a resume of it would."""
     folder = RunFolder(run_dir)
     if not folder.config_path.exists():
         raise CheckpointError(
             f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
         )
-    trained = folder.read_config()
+    trained, recorded = folder.read_config(), folder.read_state()
     if payload.get("config_hash") != config_hash(trained):
         raise CheckpointError(
             f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
         )
-    theirs, ours = patriarch_identity(trained), patriarch_identity(config)
-    differing = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
-    if differing:
-        was = ", ".join(f"{key}={theirs.get(key)!r}" for key in differing)
-        has = ", ".join(f"{key}={ours.get(key)!r}" for key in differing)
-        raise CheckpointError(
-            f"patriarch {run_dir} does not match this run: it was trained with {was}, "
-            f"this run has {has}"
-        )
+    their_numerics = run_numerics(trained, device, recorded)
+    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
+    if mismatch:
+        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
 
 
 def _load_patriarch(
-    config: Config, dataset: DataSource, device: torch.device, channels_last: bool
+    config: Config, dataset: DataSource, device: torch.device, numerics: Numerics
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_identity`)."""
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
     run_dir, path = _patriarch_paths(config)
     payload = load_checkpoint(path)
-    _check_patriarch(config, run_dir, payload)
+    _check_patriarch(config, run_dir, payload, device, numerics)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
     check_identity(payload, expected, "patriarch", path)
-    model = build_model(config, dataset, 0, device, channels_last)
+    model = build_model(config, dataset, 0, device, numerics.channels_last)
     model.load_state_dict(payload["model"])
     return model
 
@@ -280,7 +278,7 @@ def _run_generations(
             continue
         model = build_model(config, data.dataset, generation, device, channels_last)
         if generation == 0 and config.patriarch:
-            model = _load_patriarch(config, data.dataset, device, numerics.channels_last)
+            model = _load_patriarch(config, data.dataset, device, numerics)
             final, outputs = _evaluate_splits(model, data, evaluation, numerics.precision, dist)
             final["train"], epochs = _patriarch_training(config)
         else:
