@@ -1,24 +1,34 @@
 """A reused patriarch (``patriarch=DIR``) must be the patriarch this run would train: it is
 loaded, never retrained, and refused with one line naming the keys that differ, its
-precision and layout compared as its run.json recorded them."""
+precision and layout compared as its run.json recorded them. The loading run records it by
+what it is (its run's config hash and its gen0 checkpoint's sha256), and that, not where
+it lies, enters the loading run's config hash."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+import kdgen
 from kdgen.cli import main
-from kdgen.config import Config, build_config
+from kdgen.config import Config, build_config, config_hash, legacy_config_hash
 from kdgen.errors import CheckpointError
 from kdgen.generations import RunResult, train_generations
 from kdgen.policy import patriarch_mismatch
 from kdgen.precision import Numerics
-from kdgen.runs import RunFolder, atomic_write_json
+from kdgen.provenance import begin_run, run_digest
+from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint, save_checkpoint
+from kdgen.seeding import SEEDING_SCHEME
 from tests.conftest import FAST
+
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +73,25 @@ def test_a_reused_patriarch_is_loaded_not_trained(
     assert [r for r in records if r["generation"] == 1 and r["split"] == "train"]
     gen0 = shared.summary["generations"][0]
     theirs = RunFolder(strict).read_summary()
-    assert theirs is not None
+    assert theirs is not None and theirs["patriarch"] is None  # trained there
     assert gen0["test"] == theirs["generations"][0]["test"]
     assert gen0["train"] == theirs["generations"][0]["train"]
+    # Its provenance: where it was found, and what it is.
+    record = {
+        "source": str(strict),
+        "config_hash": theirs["config_hash"],
+        "sha256": hashlib.sha256(before[0]).hexdigest(),
+        "seeding": SEEDING_SCHEME,
+    }
+    state = RunFolder(shared.path).read_state()
+    for written in (shared.summary, state):
+        assert written["patriarch"] == record
+        assert (written["torch"], written["device"]) == (torch.__version__, "cpu")
+        assert (written["kdgen"], written["threads"]) == (
+            kdgen.__version__,
+            [torch.get_num_threads()],
+        )
+        assert (written["seeding"], written["student_loss"]) == (SEEDING_SCHEME, "kd")
 
 
 @pytest.mark.slow
@@ -165,3 +191,101 @@ def test_a_patriarch_is_checked_on_the_precision_its_run_recorded(
     assert "it was trained with precision='fp32', this run has precision='bf16'" in str(
         refused.value
     )
+
+
+@pytest.mark.slow
+def test_the_patriarch_enters_the_hash_by_what_it_is(
+    fast_config: Callable[..., Config], strict: Path, tmp_path: Path
+) -> None:
+    moved = shutil.copytree(strict, tmp_path / "elsewhere" / "strict")
+    here, there = _load(fast_config, strict, out="here"), _load(fast_config, moved, out="there")
+    assert here.summary["config_hash"] == there.summary["config_hash"]
+    assert (here.summary["patriarch"]["source"], there.summary["patriarch"]["source"]) == (
+        str(strict),
+        str(moved),
+    )
+    # Another gen0 under the same config is another patriarch: another hash.
+    checkpoint = RunFolder(moved).generation_checkpoint(0)
+    payload = load_checkpoint(checkpoint)
+    first = next(iter(payload["model"]))
+    payload["model"][first] = payload["model"][first] + 1
+    save_checkpoint(checkpoint, payload)
+    config = fast_config("process=D(1.0,0.6)", "generations=0", f"patriarch={moved}")
+    assert begin_run(config, CPU, {}).digest != here.summary["config_hash"]
+
+
+def test_a_run_folder_from_before_the_record_keeps_its_hash() -> None:
+    """1a8af958f18a2e44 is the hash kdgen gave this config before it hashed the patriarch
+    by what it is (commit 38b3c8f): the path itself entered it."""
+    config = build_config("smoke", ["process=D(1.0,0.6)", "patriarch=/elsewhere/runs/strict"])
+    assert legacy_config_hash(config) == "1a8af958f18a2e44"
+    assert run_digest(config, {"status": "finished"}) == "1a8af958f18a2e44"
+    with pytest.raises(ValueError, match="identity"):
+        config_hash(config)
+    record = {"source": "runs/strict", "config_hash": "c4cb722c5128fc17", "sha256": "ab" * 32}
+    moved = build_config("smoke", ["process=D(1.0,0.6)", "patriarch=/other/place"])
+    digest = run_digest(config, {"patriarch": record})
+    assert digest == run_digest(moved, {"patriarch": record}) != "1a8af958f18a2e44"
+
+
+@pytest.mark.slow
+def test_a_run_that_loaded_its_patriarch_passes_it_on_before_and_after_the_record(
+    fast_config: Callable[..., Config], strict: Path, tmp_path: Path
+) -> None:
+    """Its gen0 checkpoint carries its own hash: with the record, the path-free one; in a
+    folder written before the record (as the committed studies' were), the one with the
+    patriarch's path, which is still accepted."""
+    born = _load(fast_config, strict, out="born")
+    expected = born.summary["generations"][0]["test"]
+    chained = _load(fast_config, born.path, "process=D(1.0,0.3)", out="c1")
+    assert chained.summary["generations"][0]["test"] == expected
+    old = RunFolder(shutil.copytree(born.path, tmp_path / "old"))
+    payload = load_checkpoint(old.generation_checkpoint(0))
+    payload["config_hash"] = legacy_config_hash(old.read_config())
+    save_checkpoint(old.generation_checkpoint(0), payload)
+    _with_record(old.path, patriarch=None, seeding=None, threads=None)
+    again = _load(fast_config, old.path, "process=D(1.0,0.3)", out="c2")
+    assert again.summary["generations"][0]["test"] == expected
+
+
+@pytest.mark.slow
+def test_another_thread_count_or_seeding_scheme_warns_and_loads(
+    fast_config: Callable[..., Config],
+    strict: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    threads = torch.get_num_threads()
+    copy = shutil.copytree(strict, tmp_path / "older")
+    _with_record(copy, threads=[threads + 1], seeding=1)
+    with caplog.at_level(logging.WARNING, logger="kdgen"):
+        loaded = _load(fast_config, copy, out="loaded")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert f"trained with {threads + 1} torch thread(s), this process uses {threads}" in warnings[0]
+    assert "was trained under seeding scheme 1, this run draws by scheme 2" in warnings[1]
+    assert loaded.summary["patriarch"]["seeding"] == 1
+
+
+@pytest.mark.slow
+def test_a_resume_is_refused_under_another_seeding_scheme_and_warned_of_other_threads(
+    strict: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its remaining epochs would draw other streams than its first ones: exit 2, one line.
+    Another thread count (a sweep resumed with other --jobs) resumes, with a warning."""
+    run = shutil.copytree(strict, tmp_path / "run")
+    for scheme, reason in ((None, "records no seeding scheme"), (1, "under seeding scheme 1")):
+        _with_record(run, seeding=scheme)
+        assert main(["train", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and reason in err and "--force-new" in err
+    threads = torch.get_num_threads()
+    _with_record(run, seeding=SEEDING_SCHEME, threads=[threads + 1])
+    with caplog.at_level(logging.WARNING, logger="kdgen"):
+        assert main(["train", "--resume", str(run)]) == 0
+    assert f"trained with {threads + 1} torch thread(s), this process uses {threads}" in caplog.text
+    assert RunFolder(run).read_state()["threads"] == [threads + 1, threads]
+    assert (RunFolder(run).read_summary() or {})["threads"] == [threads + 1, threads]

@@ -31,7 +31,7 @@ from kdgen.build import (
     run_numerics,
     train_settings,
 )
-from kdgen.config import Config, config_hash, to_yaml
+from kdgen.config import Config, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
@@ -46,6 +46,7 @@ from kdgen.policy import (
 )
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
+from kdgen.provenance import begin_run, patriarch_paths, run_digest, warn_patriarch
 from kdgen.runs import (
     RunFolder,
     check_identity,
@@ -99,14 +100,6 @@ def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distribute
     return RunFolder(path, writable=dist.is_main())
 
 
-def _patriarch_paths(config: Config) -> tuple[Path, Path]:
-    """(run folder, gen0 checkpoint) of ``patriarch=PATH`` (a run folder or its gen0.pt)."""
-    path = Path(config.patriarch or "")
-    if path.is_dir():
-        return path, path / "checkpoints" / "gen0.pt"
-    return path.parent.parent, path
-
-
 def _check_patriarch(
     config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
 ) -> None:
@@ -118,7 +111,7 @@ def _check_patriarch(
             f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
         )
     trained, recorded = folder.read_config(), folder.read_state()
-    if payload.get("config_hash") != config_hash(trained):
+    if payload.get("config_hash") != run_digest(trained, recorded):
         raise CheckpointError(
             f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
         )
@@ -126,6 +119,7 @@ def _check_patriarch(
     mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
     if mismatch:
         raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
+    warn_patriarch(run_dir, recorded, device)
 
 
 def _load_patriarch(
@@ -133,7 +127,7 @@ def _load_patriarch(
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
     was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
-    run_dir, path = _patriarch_paths(config)
+    run_dir, path = patriarch_paths(config)
     payload = load_checkpoint(path)
     _check_patriarch(config, run_dir, payload, device, numerics)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
@@ -145,7 +139,7 @@ def _load_patriarch(
 
 def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
     """The training metrics and epochs of a shared patriarch, from its own run's summary."""
-    run_dir, _ = _patriarch_paths(config)
+    run_dir, _ = patriarch_paths(config)
     summary = RunFolder(run_dir).read_summary() or {"generations": []}
     for entry in summary["generations"]:
         if entry["generation"] == 0:
@@ -194,10 +188,10 @@ def train_generations(
     device = resolve_device(distributed.device_for(dist, config.device))
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
     folder = _open_folder(config, resume, force_new, dist)
-    digest = config_hash(config)
-    numerics = dist.run_on_main(
-        lambda: run_numerics(config, device, folder.read_state() if resume else {})
-    )
+    recorded = dist.run_on_main(lambda: folder.read_state() if resume else {})
+    provenance = dist.run_on_main(lambda: begin_run(config, device, recorded))
+    digest = provenance.digest
+    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
     dataset = dist.main_first(lambda: load_data(config))
     if config.k > dataset.num_classes:
         raise ConfigError(
@@ -207,7 +201,8 @@ def train_generations(
     evaluation = evaluation_settings(config, dataset)
     summary = folder.read_summary() if resume else None
     if not summary or summary.get("config_hash") != digest:
-        summary = summary_header(config, dataset, digest, numerics)
+        summary = summary_header(config, dataset, digest, numerics, provenance.record)
+    summary["threads"] = provenance.record["threads"]
     if not resume:
         folder.write_text(folder.config_path, to_yaml(config))
     if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
@@ -223,6 +218,7 @@ def train_generations(
         global_batch_size=config.data.batch_size,
         lr_effective=lr_record(config),
         **numerics.record(),
+        **provenance.record,
     )
     dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
     hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
