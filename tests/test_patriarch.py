@@ -7,6 +7,7 @@ it lies, enters the loading run's config hash."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import shutil
 from collections.abc import Callable
@@ -17,12 +18,14 @@ import pytest
 import torch
 
 import kdgen
+from kdgen import preemption
 from kdgen.cli import main
 from kdgen.config import Config, build_config, config_hash, legacy_config_hash
 from kdgen.errors import CheckpointError
 from kdgen.generations import RunResult, train_generations
 from kdgen.policy import patriarch_mismatch
 from kdgen.precision import Numerics
+from kdgen.preemption import TrainingStopped
 from kdgen.provenance import begin_run, run_digest
 from kdgen.runs import RunFolder, atomic_write_json, load_checkpoint, save_checkpoint
 from kdgen.seeding import SEEDING_SCHEME
@@ -107,29 +110,41 @@ def test_a_reused_patriarch_is_loaded_not_trained(
         ("generation_schedules={0: {lr: 0.05}}", "schedule.lr=0.1", "schedule.lr=0.05"),
         ("process=D(0.6,0.6)", "eta=1.0", "eta=0.6"),
         ("model=resnet8", "model='tiny_cnn'", "model='resnet8'"),
-        ("model_args.widths=[8,16,32]", "model_args.widths=None", "model_args.widths=[8, 16, 32]"),
-        ("channels_last=true", "layout='contiguous'", "layout='channels_last'"),
-        ("data.batch_size=25", "data.batch_size=50", "data.batch_size=25"),
-        (
-            "schedule.weight_decay=0.001",
-            "schedule.weight_decay=0.0005",
-            "schedule.weight_decay=0.001",
-        ),
-        ("schedule.momentum=0.5", "schedule.momentum=0.9", "schedule.momentum=0.5"),
-        ("schedule.nesterov=false", "schedule.nesterov=True", "schedule.nesterov=False"),
     ],
 )
 def test_a_mismatched_patriarch_is_refused_naming_the_keys(
     fast_config: Callable[..., Config], strict: Path, override: str, was: str, has: str
 ) -> None:
-    """Every key that shapes generation 0, the resolved layout included (channels_last
-    unset is the contiguous layout on the CPU)."""
     config = fast_config("process=D(1.0,0.6)", f"patriarch={strict}", override, out="x")
     with pytest.raises(CheckpointError) as refused:
         train_generations(config)
     message = str(refused.value)
     assert f"was trained with {was}" in message and f"this run has {has}" in message
     assert "\n" not in message
+
+
+@pytest.mark.slow
+def test_every_differing_key_is_named(fast_config: Callable[..., Config], strict: Path) -> None:
+    """Batch size, optimiser, model arguments and the resolved layout (channels_last unset
+    is the contiguous layout on the CPU), named in one line, sorted."""
+    overrides = (
+        "data.batch_size=25",
+        "schedule.weight_decay=0.001",
+        "schedule.momentum=0.5",
+        "schedule.nesterov=false",
+        "model_args.widths=[8,16,32]",
+        "channels_last=true",
+    )
+    with pytest.raises(CheckpointError) as refused:
+        _load(fast_config, strict, *overrides, out="x")
+    assert str(refused.value) == (
+        f"patriarch {strict} does not match this run: it was trained with "
+        "data.batch_size=50, layout='contiguous', model_args.widths=None, "
+        "schedule.momentum=0.9, schedule.nesterov=True, schedule.weight_decay=0.0005, "
+        "this run has data.batch_size=25, layout='channels_last', "
+        "model_args.widths=[8, 16, 32], schedule.momentum=0.5, schedule.nesterov=False, "
+        "schedule.weight_decay=0.001"
+    )
 
 
 @pytest.mark.slow
@@ -274,14 +289,15 @@ def test_a_resume_is_refused_under_another_seeding_scheme_and_warned_of_other_th
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Its remaining epochs would draw other streams than its first ones: exit 2, one line.
-    Another thread count (a sweep resumed with other --jobs) resumes, with a warning."""
+    """Under another recorded scheme its remaining epochs would draw other streams than its
+    first ones: exit 2, one line. Another thread count (a sweep resumed with other --jobs)
+    resumes with a warning, as does a folder from before the seeding record."""
     run = shutil.copytree(strict, tmp_path / "run")
-    for scheme, reason in ((None, "records no seeding scheme"), (1, "under seeding scheme 1")):
-        _with_record(run, seeding=scheme)
-        assert main(["train", "--resume", str(run)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and reason in err and "--force-new" in err
+    _with_record(run, seeding=1)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "trained under seeding scheme 1" in err and "--force-new" in err
     threads = torch.get_num_threads()
     _with_record(run, seeding=SEEDING_SCHEME, threads=[threads + 1])
     with caplog.at_level(logging.WARNING, logger="kdgen"):
@@ -289,3 +305,51 @@ def test_a_resume_is_refused_under_another_seeding_scheme_and_warned_of_other_th
     assert f"trained with {threads + 1} torch thread(s), this process uses {threads}" in caplog.text
     assert RunFolder(run).read_state()["threads"] == [threads + 1, threads]
     assert (RunFolder(run).read_summary() or {})["threads"] == [threads + 1, threads]
+    caplog.clear()
+    _with_record(run, seeding=None)
+    with caplog.at_level(logging.WARNING, logger="kdgen"):
+        assert main(["train", "--resume", str(run)]) == 0
+    assert f"run {run} records no seeding scheme" in caplog.text
+    assert "seeding" not in RunFolder(run).read_state()  # not claimed on resume
+
+
+# What kdgen records of a run's provenance since the record (absent from older folders).
+PROVENANCE = ("torch", "kdgen", "device", "threads", "seeding", "student_loss", "patriarch")
+
+
+@pytest.mark.slow
+def test_a_run_folder_hashed_with_its_patriarchs_path_still_resumes(
+    fast_config: Callable[..., Config],
+    strict: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run stopped in generation 1 as kdgen left it before the record (its checkpoints
+    and summary carry the hash of the patriarch's absolute path, its run.json and summary
+    no provenance) resumes from its folder alone, keeps that hash and ends as a run that
+    was never stopped."""
+    reference = _load(fast_config, strict, "generations=1", out="ref")
+    polls = itertools.count(1)  # stops at the 6th poll: in generation 1's first epoch
+    monkeypatch.setattr(preemption, "stop_requested", lambda: next(polls) >= 6)
+    with pytest.raises(TrainingStopped) as stopped:
+        _load(fast_config, strict, "generations=1", out="old")
+    monkeypatch.undo()
+    assert (stopped.value.generation, stopped.value.epoch) == (1, 1) and stopped.value.step > 0
+    old = RunFolder(tmp_path / "old")
+    legacy = legacy_config_hash(old.read_config())
+    assert str(strict) == old.read_config().patriarch and strict.is_absolute()
+    for checkpoint in (old.generation_checkpoint(0), old.last_checkpoint):
+        payload = load_checkpoint(checkpoint)
+        payload["config_hash"] = legacy
+        save_checkpoint(checkpoint, payload)
+    summary = {k: v for k, v in (old.read_summary() or {}).items() if k not in PROVENANCE}
+    atomic_write_json(old.summary_path, {**summary, "config_hash": legacy})
+    _with_record(old.path, **dict.fromkeys(PROVENANCE))
+    with caplog.at_level(logging.WARNING, logger="kdgen"):
+        assert main(["train", "--resume", str(old.path)]) == 0
+    assert "records no seeding scheme" in caplog.text
+    resumed = old.read_summary() or {}
+    assert resumed["config_hash"] == legacy != reference.summary["config_hash"]
+    assert resumed["generations"] == reference.summary["generations"]
+    assert "patriarch" not in resumed and "patriarch" not in old.read_state()

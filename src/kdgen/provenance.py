@@ -5,8 +5,9 @@ as given, its run's config hash, its gen0 checkpoint's sha256, its seeding schem
 
 A run's config hash is decided here too (:func:`run_digest`): a loaded patriarch enters it
 by what it is, not by where it lies. A resume must draw the streams its first epochs drew,
-so a run folder recorded under another seeding scheme, or none, is refused; another
-thread count only reorders float sums on the CPU, so it is reported in one warning line.
+so a run folder recorded under another seeding scheme is refused; one written before the
+record (no scheme) resumes with a warning, as does one trained with another thread count
+(it only reorders float sums on the CPU).
 """
 
 from __future__ import annotations
@@ -105,47 +106,50 @@ def begin_run(config: Config, device: torch.device, recorded: Mapping[str, Any])
     """The config hash and record of a run that starts (``recorded`` empty) or resumes
     (``recorded``: its ``run.json``, which holds its patriarch's identity from its start).
 
-    A resume under another seeding scheme is refused (:class:`RunDirError`); one with
-    another thread count is reported (:func:`warn_threads`) and recorded."""
+    A resume keeps the seeding scheme and patriarch its run began with (a folder written
+    before the record keeps none, and its hash: :func:`run_digest`); under another recorded
+    seeding scheme it is refused (:func:`check_seeding`). Another thread count is reported
+    (:func:`warn_threads`) and recorded."""
     threads = torch.get_num_threads()
-    used: list[int] = []
-    source: PatriarchSource | None = None
+    used = list(recorded.get("threads") or [])
     if recorded:
-        check_seeding(recorded, f"cannot resume {config.out_dir}")
+        check_seeding(recorded, str(config.out_dir))
         warn_threads(recorded, device, f"run {config.out_dir} trained")
         digest = run_digest(config, recorded)
-        if isinstance(recorded.get("patriarch"), Mapping):
-            source = PatriarchSource.from_record(recorded["patriarch"])
-        used = list(recorded.get("threads") or [])
+        began = {key: recorded[key] for key in ("seeding", "patriarch") if key in recorded}
     else:
         source = read_patriarch(config) if config.patriarch else None
         digest = config_hash(config, source.identity() if source else None)
+        began = {"seeding": SEEDING_SCHEME, "patriarch": source.record() if source else None}
     record = {
         "torch": torch.__version__,
         "kdgen": metadata.version("kdgen"),
         "device": str(device),
         "threads": used if threads in used else [*used, threads],
-        "seeding": SEEDING_SCHEME,
         "student_loss": config.student_loss,
-        "patriarch": source.record() if source else None,
+        **began,
     }
     return Provenance(digest, record)
 
 
-def check_seeding(recorded: Mapping[str, Any], doing: str) -> None:
-    """Refuse (``doing``: the message's start) a run folder whose ``run.json`` records
-    another seeding scheme than this kdgen's, or none."""
+def check_seeding(recorded: Mapping[str, Any], run_dir: str) -> None:
+    """Refuse to resume ``run_dir`` when its ``run.json`` records another seeding scheme
+    than this kdgen's; warn when it records none (written before the record: by scheme 2
+    since 38b3c8f, by scheme 1 before)."""
     scheme = recorded.get("seeding")
     if scheme == SEEDING_SCHEME:
         return
-    was = (
-        "its run.json records no seeding scheme (kdgen recorded none before scheme 2)"
-        if scheme is None
-        else f"it was trained under seeding scheme {scheme}"
-    )
+    if scheme is None:
+        log.warning(
+            f"run {run_dir} records no seeding scheme (kdgen before the record): it resumes "
+            f"by scheme {SEEDING_SCHEME}; if it was trained before 38b3c8f (scheme 1), its "
+            "remaining epochs draw other streams than its first ones"
+        )
+        return
     raise RunDirError(
-        f"{doing}: {was}, this kdgen derives seeds by scheme {SEEDING_SCHEME}, so its remaining "
-        "epochs would draw other streams than its first ones; train it anew with --force-new"
+        f"cannot resume {run_dir}: it was trained under seeding scheme {scheme}, this kdgen "
+        f"derives seeds by scheme {SEEDING_SCHEME}, so its remaining epochs would draw other "
+        "streams than its first ones; train it anew with --force-new"
     )
 
 
