@@ -108,10 +108,15 @@ def _summary(label: str, seed: int) -> dict[str, Any]:
         "data": "synthetic",
         "num_classes": 6,
         "seed": seed,
-        "config_hash": "0",
+        "config_hash": f"{SLUGS[label]}-{seed}",
         "generations": generations,
         "ensembles": [{"name": "all", "members": [0, 1, 2], "val": ensemble, "test": ensemble}],
     }
+
+
+def _record(source: str, config_hash: str) -> dict[str, Any]:
+    """A summary's record of a patriarch loaded from ``source`` (kdgen.provenance)."""
+    return {"source": source, "config_hash": config_hash, "sha256": "ab" * 32, "seeding": 2}
 
 
 def _write_run(path: Path, label: str, seed: int) -> None:
@@ -119,7 +124,8 @@ def _write_run(path: Path, label: str, seed: int) -> None:
     path.mkdir(parents=True)
     summary = _summary(label, seed)
     if label == "D(1.0,0.6)" and seed == 0:  # the other seeds share it without saying so
-        summary["patriarch"] = str(path.parent.parent / SLUGS["D(1.0,0.0)"] / "seed0")
+        source = str(path.parent.parent / SLUGS["D(1.0,0.0)"] / "seed0")
+        summary["patriarch"] = _record(source, "D1.0-0.0-0")
     folder.write_summary(summary)
     folder.log({"generation": 0, "epoch": 1, "split": "test", "top1": 0.5})
     (path / "classes.json").write_text(
@@ -266,11 +272,43 @@ def test_shared_patriarch_is_not_evidence(report: Path, sweep: Path) -> None:
         "yes",
     ]
     assert "D(1.0,0.6) generation 0 is the patriarch of D(1.0,0.0) loaded" in text
-    # Declared in the summary (seed 0) or found from identical metrics (seeds 1, 2).
+    # Recorded in the summary (seed 0) or, in summaries without the record, inferred from
+    # identical metrics (seeds 1, 2), and the report says which.
     shared = shared_patriarchs(group_runs(find_runs([sweep])))
     assert shared == {("D(1.0,0.6)", seed): "D(1.0,0.0)" for seed in SEEDS}
+    assert "(seeds 1, 2: inferred from equal generation-0 test metrics or config.yaml" in text
     per_class = text.split("## Secondary classes")[1]
     assert "| D(1.0,0.6)" not in per_class and "patriarch shared with D(1.0,0.0)" in per_class
+
+
+def test_sharing_is_read_from_the_patriarch_record(tmp_path: Path) -> None:
+    """Equal generation-0 metrics are no evidence of sharing where the summaries record
+    where generation 0 came from (two strict patriarchs trained alike give equal metrics);
+    a record names the run that trained the patriarch, along a chain of loads."""
+    runs = {
+        label: {**_summary(label, 0), "patriarch": None} for label in ("D(1.0,0.0)", "D(1.0,0.6)")
+    }
+    chained = {**runs["D(1.0,0.6)"], "process": "D(1.0,0.3)", "lam": 0.3}
+    chained["config_hash"] = "D1.0-0.3-0"
+    chained["patriarch"] = _record("elsewhere/D1.0-0.6/seed0", "D1.0-0.6-0")
+    runs["D(1.0,0.3)"] = chained
+    assert (
+        runs["D(1.0,0.6)"]["generations"][0]["test"] == runs["D(1.0,0.0)"]["generations"][0]["test"]
+    )
+
+    def report() -> dict[tuple[str, int], str]:
+        for label, summary in runs.items():
+            path = tmp_path / "runs" / label / "seed0"
+            path.mkdir(parents=True, exist_ok=True)
+            RunFolder(path).write_summary(summary)
+        return shared_patriarchs(group_runs(find_runs([tmp_path / "runs"])))
+
+    assert report() == {("D(1.0,0.3)", 0): "D(1.0,0.6)"}
+    runs["D(1.0,0.6)"]["patriarch"] = _record("elsewhere/D1.0-0.0/seed0", "D1.0-0.0-0")
+    assert report() == {("D(1.0,0.6)", 0): "D(1.0,0.0)", ("D(1.0,0.3)", 0): "D(1.0,0.0)"}
+    text = write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    assert "D(1.0,0.6) generation 0 is the patriarch of D(1.0,0.0) loaded" in text
+    assert "inferred" not in text
 
 
 def test_training_loss_parts(report: Path) -> None:

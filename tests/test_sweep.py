@@ -13,6 +13,7 @@ from kdgen.config import build_config
 from kdgen.errors import ConfigError
 from kdgen.generations import train_generations
 from kdgen.metrics import classification_metrics, ensemble_members, ensemble_metrics
+from kdgen.report import write_report
 from kdgen.runs import RunFolder
 from kdgen.sweep import parse_spec, plan_sweep, write_plan
 from tests.conftest import FAST
@@ -66,13 +67,18 @@ def test_sweep_print_emits_one_command_per_run(
 
 
 @pytest.mark.slow
-def test_the_planned_runs_share_the_patriarch(tmp_path: Path) -> None:
+def test_the_planned_runs_share_the_patriarch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each planned run trained as its own config says (the executors run the same
-    overrides as ``kdgen train``); skipping finished runs is the executors' (test_executors)."""
-    runs = plan_sweep(
-        "smoke", ["D(1.0,0.0)", "D(1.0,0.6)"], [0], tmp_path, (*FAST, "generations=1")
-    )
-    write_plan(tmp_path, "smoke", runs)
+    overrides as ``kdgen train``); skipping finished runs is the executors' (test_executors).
+    What a study commits of each run (summary, metrics, config.yaml, run.json) names the
+    patriarch by the path the sweep gave, no machine's folder, and gives the report its
+    sharing from the record."""
+    monkeypatch.chdir(tmp_path)
+    out = Path("sweep")  # relative, as a study committed to a repository is swept
+    runs = plan_sweep("smoke", ["D(1.0,0.0)", "D(1.0,0.6)"], [0], out, (*FAST, "generations=1"))
+    write_plan(out, "smoke", runs)
     strict, born_again = (
         train_generations(build_config("smoke", [*run.overrides, f"out_dir={run.path}"])).summary
         for run in runs  # in plan order: the patriarch's owner first
@@ -80,9 +86,22 @@ def test_the_planned_runs_share_the_patriarch(tmp_path: Path) -> None:
     assert born_again["generations"][0]["test"] == strict["generations"][0]["test"]
     assert born_again["generations"][0]["train"] == strict["generations"][0]["train"]
     assert not any(r["generation"] == 0 for r in RunFolder(runs[1].path).read_metrics())
-    plan = json.loads((tmp_path / "sweep.json").read_text())
+    plan = json.loads((out / "sweep.json").read_text())
     assert [r["label"] for r in plan["runs"]] == ["D(1.0,0.0)", "D(1.0,0.6)"]
     assert f"patriarch={runs[0].path}" in plan["runs"][1]["command"]
+    assert born_again["patriarch"]["source"] == runs[0].path == "sweep/D1.0-0.0/seed0"
+    assert born_again["patriarch"]["config_hash"] == strict["config_hash"]
+    committed = tmp_path / "committed"
+    for run in runs:
+        target = committed / Path(run.path).relative_to(out)
+        target.mkdir(parents=True)
+        for name in ("summary.json", "metrics.jsonl", "config.yaml", "run.json"):
+            text = (Path(run.path) / name).read_text()
+            assert str(tmp_path) not in text, name
+            (target / name).write_text(text)
+    report = write_report([committed], tmp_path / "report").read_text()
+    assert "D(1.0,0.6) generation 0 is the patriarch of D(1.0,0.0) loaded" in report
+    assert "inferred" not in report
 
 
 def test_ensemble_members() -> None:

@@ -491,14 +491,38 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
 
-def config_hash(config: Config) -> str:
-    """A hash of everything that decides the trained weights."""
+def config_hash(config: Config, patriarch: Mapping[str, str] | None = None) -> str:
+    """A hash of everything that decides the trained weights.
+
+    A loaded patriarch (``patriarch=PATH``) enters by what it is, ``patriarch``: its run's
+    config hash and its gen0 checkpoint's sha256 (kdgen.provenance.PatriarchSource), so a
+    run's hash does not depend on where its patriarch lies.
+    """
+    if config.patriarch and patriarch is None:
+        raise ValueError("the config hash of a run with patriarch= needs the patriarch's identity")
+    values = _hashed_values(config)
+    if config.patriarch:
+        values["patriarch"] = dict(patriarch or {})
+    return _digest(values)
+
+
+def legacy_config_hash(config: Config) -> str:
+    """The hash kdgen gave a run with ``patriarch=PATH`` before it hashed the patriarch by
+    what it is: the path itself, as written. Run folders from then carry it."""
+    return _digest(_hashed_values(config))
+
+
+def _hashed_values(config: Config) -> dict[str, Any]:
     values = to_dict(config)
     for key in NON_SEMANTIC_KEYS:
         values.pop(key, None)
     _drop_defaults(values, LATER_KEY_DEFAULTS)
     _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
     values["data"].update(values["data"].pop("imagefolder"))  # hashed under their old names
+    return values
+
+
+def _digest(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -545,6 +569,7 @@ __all__ = [
     "effective_lr",
     "flatten_config",
     "format_process",
+    "legacy_config_hash",
     "list_presets",
     "parse_process",
     "process_slug",

@@ -15,9 +15,9 @@ from kdgen.build import (
     resolve_device,
     run_numerics,
 )
-from kdgen.config import config_hash
 from kdgen.engine import evaluate
 from kdgen.errors import RunDirError
+from kdgen.provenance import run_digest
 from kdgen.runs import RunFolder, atomic_write_json, summary_header
 
 
@@ -36,7 +36,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
     folder = RunFolder(run_dir)
     config = folder.read_config()
     torch_device = resolve_device(device)
-    numerics = run_numerics(config, torch_device, folder.read_state())
+    recorded = folder.read_state()
+    numerics = run_numerics(config, torch_device, recorded)
     dataset = load_data(config)
     data = prepare_data(config, torch_device, dataset, channels_last=numerics.channels_last)
     if split not in data.eval_loaders:
@@ -45,7 +46,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
             f"{', '.join(data.eval_loaders)}"
         )
     settings = evaluation_settings(config, dataset)
-    summary = summary_header(config, dataset, config_hash(config), numerics)
+    summary = summary_header(config, dataset, run_digest(config, recorded), numerics)
     for generation in folder.require_generations():
         model = load_model(folder, config, dataset, generation, torch_device)
         metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]

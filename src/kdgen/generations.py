@@ -31,7 +31,7 @@ from kdgen.build import (
     run_numerics,
     train_settings,
 )
-from kdgen.config import Config, config_hash, to_yaml
+from kdgen.config import Config, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
@@ -41,11 +41,12 @@ from kdgen.policy import (
     generation_schedule,
     loss_settings,
     make_loss,
-    patriarch_identity,
+    patriarch_mismatch,
     uses_teacher,
 )
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
+from kdgen.provenance import begin_run, patriarch_paths, run_digest, warn_patriarch
 from kdgen.runs import (
     RunFolder,
     check_identity,
@@ -99,55 +100,46 @@ def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distribute
     return RunFolder(path, writable=dist.is_main())
 
 
-def _patriarch_paths(config: Config) -> tuple[Path, Path]:
-    """(run folder, gen0 checkpoint) of ``patriarch=PATH`` (a run folder or its gen0.pt)."""
-    path = Path(config.patriarch or "")
-    if path.is_dir():
-        return path, path / "checkpoints" / "gen0.pt"
-    return path.parent.parent, path
-
-
-def _check_patriarch(config: Config, run_dir: Path, payload: dict[str, Any]) -> None:
-    """Refuse a patriarch that is not the one this run would train (exit 2, one line)."""
+def _check_patriarch(
+    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
+) -> None:
+    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
+    numerics are those its run.json recorded, resolved as a resume of it would."""
     folder = RunFolder(run_dir)
     if not folder.config_path.exists():
         raise CheckpointError(
             f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
         )
-    trained = folder.read_config()
-    if payload.get("config_hash") != config_hash(trained):
+    trained, recorded = folder.read_config(), folder.read_state()
+    if payload.get("config_hash") != run_digest(trained, recorded):
         raise CheckpointError(
             f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
         )
-    theirs, ours = patriarch_identity(trained), patriarch_identity(config)
-    differing = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
-    if differing:
-        was = ", ".join(f"{key}={theirs.get(key)!r}" for key in differing)
-        has = ", ".join(f"{key}={ours.get(key)!r}" for key in differing)
-        raise CheckpointError(
-            f"patriarch {run_dir} does not match this run: it was trained with {was}, "
-            f"this run has {has}"
-        )
+    their_numerics = run_numerics(trained, device, recorded)
+    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
+    if mismatch:
+        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
+    warn_patriarch(run_dir, recorded, device)
 
 
 def _load_patriarch(
-    config: Config, dataset: DataSource, device: torch.device, channels_last: bool
+    config: Config, dataset: DataSource, device: torch.device, numerics: Numerics
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_identity`)."""
-    run_dir, path = _patriarch_paths(config)
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
+    run_dir, path = patriarch_paths(config)
     payload = load_checkpoint(path)
-    _check_patriarch(config, run_dir, payload)
+    _check_patriarch(config, run_dir, payload, device, numerics)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
     check_identity(payload, expected, "patriarch", path)
-    model = build_model(config, dataset, 0, device, channels_last)
+    model = build_model(config, dataset, 0, device, numerics.channels_last)
     model.load_state_dict(payload["model"])
     return model
 
 
 def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
     """The training metrics and epochs of a shared patriarch, from its own run's summary."""
-    run_dir, _ = _patriarch_paths(config)
+    run_dir, _ = patriarch_paths(config)
     summary = RunFolder(run_dir).read_summary() or {"generations": []}
     for entry in summary["generations"]:
         if entry["generation"] == 0:
@@ -196,10 +188,10 @@ def train_generations(
     device = resolve_device(distributed.device_for(dist, config.device))
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
     folder = _open_folder(config, resume, force_new, dist)
-    digest = config_hash(config)
-    numerics = dist.run_on_main(
-        lambda: run_numerics(config, device, folder.read_state() if resume else {})
-    )
+    recorded = dist.run_on_main(lambda: folder.read_state() if resume else {})
+    provenance = dist.run_on_main(lambda: begin_run(config, device, recorded))
+    digest = provenance.digest
+    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
     dataset = dist.main_first(lambda: load_data(config))
     if config.k > dataset.num_classes:
         raise ConfigError(
@@ -209,7 +201,8 @@ def train_generations(
     evaluation = evaluation_settings(config, dataset)
     summary = folder.read_summary() if resume else None
     if not summary or summary.get("config_hash") != digest:
-        summary = summary_header(config, dataset, digest, numerics)
+        summary = summary_header(config, dataset, digest, numerics, provenance.record)
+    summary["threads"] = provenance.record["threads"]
     if not resume:
         folder.write_text(folder.config_path, to_yaml(config))
     if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
@@ -225,6 +218,7 @@ def train_generations(
         global_batch_size=config.data.batch_size,
         lr_effective=lr_record(config),
         **numerics.record(),
+        **provenance.record,
     )
     dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
     hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
@@ -280,7 +274,7 @@ def _run_generations(
             continue
         model = build_model(config, data.dataset, generation, device, channels_last)
         if generation == 0 and config.patriarch:
-            model = _load_patriarch(config, data.dataset, device, numerics.channels_last)
+            model = _load_patriarch(config, data.dataset, device, numerics)
             final, outputs = _evaluate_splits(model, data, evaluation, numerics.precision, dist)
             final["train"], epochs = _patriarch_training(config)
         else:

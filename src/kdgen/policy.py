@@ -17,6 +17,7 @@ import torch
 from kdgen import losses
 from kdgen.config import Config, ScheduleConfig, effective_lr, schedule_for, to_dict
 from kdgen.engine import LossFn, as_terms
+from kdgen.precision import Numerics
 
 DEFAULT_STUDENT_LOSS = "kd"
 
@@ -126,6 +127,8 @@ _NOT_PATRIARCH_SHAPING = {
     "regularize_all_teachers", "temperature", "data.root", "data.download",
     "data.eval_batch_size", "data.imagefolder.workers", "data.hierarchy", "student_loss",
 }  # fmt: skip
+# The settings that choose the numerics: compared as resolved (Numerics), not as written.
+_NUMERICS_SETTINGS = {"precision", "amp", "channels_last"}
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -138,16 +141,35 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def patriarch_identity(config: Config) -> dict[str, Any]:
-    """Everything that shapes generation 0 of ``config``: model, data (name, subset, split,
-    augmentation, batch), seed, precision and layout, the generation-0 schedule and loss."""
+def patriarch_identity(config: Config, numerics: Numerics) -> dict[str, Any]:
+    """Everything that shapes generation 0 of ``config`` trained in ``numerics``: model,
+    data (name, subset, split, augmentation, batch), seed, the resolved precision and
+    layout (not the settings that chose them), the generation-0 schedule and loss."""
+    skipped = _NOT_PATRIARCH_SHAPING | _NUMERICS_SETTINGS
     values = {
         key: value
         for key, value in _flat(to_dict(config)).items()
-        if not {key, key.split(".")[0]} & _NOT_PATRIARCH_SHAPING
+        if not {key, key.split(".")[0]} & skipped
     }
+    values.update(numerics.record())
     schedule = asdict(generation_schedule(config, 0))
     values.update({f"schedule.{key}": value for key, value in schedule.items()})
     loss = loss_settings(config, 0)
     values.update({key: value for key, value in loss.items() if key != "generation_role"})
     return values
+
+
+def patriarch_mismatch(
+    trained: Config, trained_numerics: Numerics, config: Config, numerics: Numerics
+) -> str:
+    """Empty when the patriarch that ``trained`` trained in ``trained_numerics`` is the one
+    ``config`` would train in ``numerics``; else "it was trained with KEY=..., this run has
+    KEY=..." for every key that differs."""
+    theirs = patriarch_identity(trained, trained_numerics)
+    ours = patriarch_identity(config, numerics)
+    differing = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
+    if not differing:
+        return ""
+    was = ", ".join(f"{key}={theirs.get(key)!r}" for key in differing)
+    has = ", ".join(f"{key}={ours.get(key)!r}" for key in differing)
+    return f"it was trained with {was}, this run has {has}"

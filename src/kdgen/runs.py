@@ -368,9 +368,14 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
 
 
 def summary_header(
-    config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
+    config: Config,
+    dataset: DataSource,
+    digest: str,
+    numerics: Numerics | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json`` before any generation: the method's settings and the run's."""
+    """``summary.json`` before any generation: the method's settings and the run's, and its
+    provenance ``record`` (kdgen.provenance: versions, device, threads, seeding, patriarch)."""
     return {
         "name": config.name,
         "process": config.process,
@@ -386,6 +391,7 @@ def summary_header(
         "num_classes": dataset.num_classes,
         "seed": config.seed,
         **(numerics.record() if numerics else {}),
+        **(record or {}),
         "config_hash": digest,
         "generations": [],
     }

@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+# How seeds are derived, recorded in every run folder: 1 = SeedSequence of the keys alone
+# (kdgen before purpose tags), 2 = :func:`derive_seed` below. A run resumed under another
+# scheme would draw other streams in its remaining epochs than in its first ones.
+SEEDING_SCHEME = 2
+
 
 def _purpose_tag(purpose: str) -> int:
     return int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "little")

@@ -1,8 +1,9 @@
 """Finding run folders, reading their summaries and grouping them by process.
 
-Only ``summary.json`` is needed (``config.yaml``, when present, tells whether generation 0
-was loaded from another run): a folder of committed summaries is enough for every table
-and figure. Logits are read only by the per-class view.
+Only ``summary.json`` is needed: a folder of committed summaries is enough for every table
+and figure. Whether generation 0 was loaded from another run is read from the summary's
+patriarch record (kdgen.provenance); summaries written before that record are judged by
+their metrics and ``config.yaml``. Logits are read only by the per-class view.
 """
 
 from __future__ import annotations
@@ -53,8 +54,17 @@ class Run:
         return next((e for e in self.summary.get("ensembles") or [] if e["name"] == name), None)
 
     @property
+    def records_patriarch(self) -> bool:
+        """Whether the summary records where generation 0 came from (``"patriarch"``: its
+        record, or null when trained here); older summaries do not."""
+        return "patriarch" in self.summary and not isinstance(self.summary["patriarch"], str)
+
+    @property
     def patriarch_source(self) -> str | None:
         """Where generation 0 was loaded from (``patriarch=``), None when trained here."""
+        if self.records_patriarch:
+            record = self.summary["patriarch"]
+            return None if record is None else str(record.get("source"))
         found = self.summary.get("patriarch")
         if found is None and self.folder.config_path.is_file():
             try:
@@ -125,25 +135,53 @@ def _same_patriarch(a: Run, b: Run) -> bool:
 def shared_patriarchs(groups: dict[str, list[Run]]) -> dict[tuple[str, int], str]:
     """``(process, seed) -> owner`` for every run whose generation 0 was not trained by it.
 
-    A run shares its patriarch when its generation 0 has exactly the test metrics of an
-    earlier process's run of the same seed (one model, evaluated twice; ``groups`` is in
-    report order, the baseline first) or when it says so (``patriarch`` in its summary or
-    config). ``owner`` is the label of the earliest such process, else the label of the
-    run the ``patriarch`` path points into, else that path.
+    A summary with the patriarch record says so: ``owner`` is the label of the run whose
+    config hash the record names (of the run that trained it, along a chain of loads),
+    else of the run its source path points into, else that path. For an older summary,
+    without the record, it is inferred (:func:`_inferred_owner`).
     """
     shared: dict[tuple[str, int], str] = {}
     labels = list(groups)
     by_seed = {(label, run.seed): run for label, runs in groups.items() for run in runs}
+    everyone = list(by_seed.values())
     for position, label in enumerate(labels):
         for run in groups[label]:
-            earlier = (by_seed.get((other, run.seed)) for other in labels[:position])
-            match = next((o for o in earlier if o is not None and _same_patriarch(run, o)), None)
-            source = run.patriarch_source
-            if match is not None:
-                shared[(label, run.seed)] = match.label
-            elif source is not None:
-                shared[(label, run.seed)] = _source_label(source, by_seed.values())
+            if run.records_patriarch:
+                owner = _recorded_owner(run, everyone)
+            else:
+                earlier = [by_seed.get((other, run.seed)) for other in labels[:position]]
+                owner = _inferred_owner(run, earlier, everyone)
+            if owner is not None:
+                shared[(label, run.seed)] = owner
     return shared
+
+
+def _recorded_owner(run: Run, runs: list[Run]) -> str | None:
+    """The label of the run that trained ``run``'s recorded patriarch (None: ``run`` did)."""
+    record, seen = run.summary.get("patriarch"), {id(run)}
+    while isinstance(record, dict):
+        owner = next(
+            (o for o in runs if o.summary.get("config_hash") == record["config_hash"]), None
+        )
+        if owner is None or id(owner) in seen:
+            return _source_label(str(record.get("source")), runs)
+        seen.add(id(owner))
+        if not isinstance(owner.summary.get("patriarch"), dict):
+            return owner.label
+        record = owner.summary["patriarch"]
+    return None
+
+
+def _inferred_owner(run: Run, earlier: list[Run | None], runs: list[Run]) -> str | None:
+    """For a summary without the patriarch record: the earliest process (``earlier``, in
+    report order, the baseline first) whose run of the same seed has exactly the test
+    metrics of generation 0 (one model, evaluated twice), else the run or path that its
+    ``config.yaml`` names as ``patriarch``; None when neither says it was shared."""
+    match = next((o for o in earlier if o is not None and _same_patriarch(run, o)), None)
+    if match is not None:
+        return match.label
+    source = run.patriarch_source
+    return None if source is None else _source_label(source, runs)
 
 
 def _source_label(source: str, runs: Iterable[Run]) -> str:

@@ -190,12 +190,21 @@ def generations_summary_table(
 def _shared_notes(groups: dict[str, list[Run]], shared: dict[tuple[str, int], str]) -> list[str]:
     notes = []
     for label, runs in groups.items():
-        owners = sorted({shared[(label, r.seed)] for r in runs if (label, r.seed) in shared})
-        if owners:
-            notes.append(
-                f"{label} generation 0 is the patriarch of {', '.join(owners)} loaded, not "
-                "trained again: the same models, not new evidence."
-            )
+        sharing = [r for r in runs if (label, r.seed) in shared]
+        if not sharing:
+            continue
+        owners = sorted({shared[(label, r.seed)] for r in sharing})
+        inferred = sorted(r.seed for r in sharing if not r.records_patriarch)
+        source = (
+            f" (seeds {', '.join(map(str, inferred))}: inferred from equal generation-0 test "
+            "metrics or config.yaml, as their summaries predate kdgen's patriarch record)"
+            if inferred
+            else ""
+        )
+        notes.append(
+            f"{label} generation 0 is the patriarch of {', '.join(owners)} loaded, not "
+            f"trained again: the same models, not new evidence{source}."
+        )
     return notes
 
 
