@@ -86,3 +86,21 @@ def test_the_report_draws_the_curve_only_when_there_is_one(runs_dir: Path, tmp_p
     text = write_report([only_two], tmp_path / "out2").read_text()
     assert "The patriarch against eta" not in text
     assert not (tmp_path / "out2" / "tolerance.png").exists()
+
+
+def test_no_regulariser_below_eta_1_is_its_own_curve_not_the_strict_patriarch(
+    runs_dir: Path,
+) -> None:
+    """regularizer=none with eta < 1 trains eta * CE (docs/method.md, "Tolerance
+    regularisers"): policy.patriarch_loss_key keeps it apart from the strict patriarch,
+    even when its folders are found first."""
+    for seed in range(3):
+        for eta in (0.6, 0.5):
+            summary = _summary(f"D({eta},0.0)", eta, seed, 0.2, regularizer="none")
+            _write(runs_dir, f"a-none-{eta}-{seed}", summary)
+    curves = patriarch_curves(find_runs([runs_dir]))
+    assert list(curves) == ["none", "tsd"]
+    assert list(curves["none"]) == [1.0, 0.6, 0.5]
+    for curve in curves.values():
+        strict = [run.generation(0)["test"]["mean_max_prob"] for run in curve[1.0]]
+        assert strict == pytest.approx([0.90, 0.91, 0.92])

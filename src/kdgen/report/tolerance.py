@@ -5,7 +5,9 @@ docs/method.md "Tolerance threshold": for TSD with K classes a one-hot output st
 local optimum of the teacher loss exactly when eta > K/(2K-1); the curve shows whether the
 patriarch's confidence, secondary information and accuracy change at that threshold.
 A strict patriarch (eta = 1) has no regulariser and starts every regulariser's curve; a
-patriarch shared by several runs of one seed counts once.
+patriarch shared by several runs of one seed counts once. Which patriarchs are the same
+is policy.patriarch_loss_key's rule: ``regularizer=none`` below eta = 1 is a curve of its
+own (eta * CE), not the strict patriarch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdgen.policy import is_strict
+from kdgen.policy import patriarch_loss_key
 from kdgen.report.collect import Run
 from kdgen.report.figures import new_figure, save_figure
 from kdgen.report.stats import Interval, t_interval
@@ -30,11 +32,16 @@ def threshold(k: int) -> float:
 
 
 def _key(run: Run) -> tuple[Any, ...]:
-    """What makes two runs' patriarchs the same training (the seed included)."""
+    """What makes two runs' patriarchs the same training (policy.patriarch_loss_key, the
+    seed included)."""
     s = run.summary
-    if is_strict(s.get("eta", 1.0)) or s.get("regularizer") == "none":
-        return ("strict", run.seed)
-    return (s.get("regularizer"), s.get("eta"), s.get("k"), s.get("regularizer_form"), run.seed)
+    loss = patriarch_loss_key(
+        float(s.get("eta", 1.0)),
+        s.get("regularizer", "tsd"),
+        s.get("k", 5),
+        s.get("regularizer_form", "convex"),
+    )
+    return (*loss, run.seed)
 
 
 def patriarch_curves(runs: Sequence[Run]) -> dict[str, dict[float, list[Run]]]:
@@ -48,7 +55,8 @@ def patriarch_curves(runs: Sequence[Run]) -> dict[str, dict[float, list[Run]]]:
     curves: dict[str, dict[float, list[Run]]] = {}
     for key, run in unique.items():
         if key[0] != "strict":
-            curves.setdefault(str(key[0]), {}).setdefault(float(key[1]), []).append(run)
+            eta, regularizer = key[0], key[1]
+            curves.setdefault(str(regularizer), {}).setdefault(float(eta), []).append(run)
     for curve in curves.values():
         if strict:
             curve[1.0] = strict
