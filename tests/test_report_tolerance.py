@@ -69,7 +69,7 @@ def test_table_gives_the_threshold_side_and_hand_computed_intervals(runs_dir: Pa
     table = tolerance_table(find_runs([runs_dir]))
     assert table is not None
     by_eta = {row[1]: row for row in table.rows}
-    assert [by_eta[eta][2] for eta in ("1", "0.6", "0.5")] == ["above", "above", "below"]
+    assert [by_eta[eta][2] for eta in ("1", "0.6", "0.5")] == [">=", ">=", "<"]
     # mean top-1 prob at eta 0.5: 0.40, 0.41, 0.42 -> mean 0.41, sample std 0.01
     half = T_975_2 * 0.01 / 3**0.5
     assert by_eta["0.5"][4] == f"0.410 [{0.41 - half:.3f}, {0.41 + half:.3f}]"

@@ -29,7 +29,7 @@ def is_strict(eta: float) -> bool:
 
 def patriarch_loss_key(eta: float, regularizer: str, k: int, form: str) -> tuple[object, ...]:
     """The one rule for when two patriarchs train with the same loss (docs/method.md,
-    "Teacher loss"): every strict one (eta = 1) is plain cross-entropy whatever the
+    "Tolerance regularisers"): every strict one (eta = 1) is plain cross-entropy whatever the
     regulariser; any other is its eta, regulariser, K and form. ``regularizer="none"`` with
     eta < 1 is not strict: the convex form trains eta * CE, which under weight decay is
     another model than the strict patriarch."""

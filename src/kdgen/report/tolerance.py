@@ -2,7 +2,7 @@
 regulariser and eta, with 95% t-intervals of the means over seeds.
 
 docs/method.md "Tolerance threshold": for TSD with K classes a one-hot output stays a
-local optimum of the teacher loss exactly when eta > K/(2K-1); the curve shows whether the
+local minimum of the teacher loss exactly when eta >= K/(2K-1); the curve shows whether the
 patriarch's confidence, secondary information and accuracy change at that threshold.
 A strict patriarch (eta = 1) has no regulariser and starts every regulariser's curve; a
 patriarch shared by several runs of one seed counts once. Which patriarchs are the same
@@ -27,7 +27,7 @@ COLUMNS = (METRIC_COLUMNS[4], METRIC_COLUMNS[2], METRIC_COLUMNS[3], METRIC_COLUM
 
 
 def threshold(k: int) -> float:
-    """K/(2K-1): above it one-hot is a local optimum of the TSD teacher loss."""
+    """K/(2K-1): at and above it one-hot is a local minimum of the TSD teacher loss."""
     return k / (2 * k - 1)
 
 
@@ -92,13 +92,13 @@ def tolerance_table(runs: Sequence[Run]) -> Table | None:
     curves = patriarch_curves(runs)
     if not curves:
         return None
-    headers = ["regulariser", "eta", "vs K/(2K-1)", "n", *(c.header for c in COLUMNS)]
+    headers = ["regulariser", "eta", "eta vs K/(2K-1)", "n", *(c.header for c in COLUMNS)]
     rows = []
     for name, curve in curves.items():
         for eta, members in curve.items():
             side = "-"
             if name == "tsd":
-                side = "above" if eta > threshold(_k(members)) else "below"
+                side = ">=" if eta >= threshold(_k(members)) else "<"
             cells = [_format(_interval(members, column), column) for column in COLUMNS]
             rows.append([name, f"{eta:g}", side, str(len(members)), *cells])
     note = (
