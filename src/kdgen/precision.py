@@ -42,10 +42,11 @@ def auto_channels_last(device: torch.device) -> bool:
     tensor-core convolutions want it, and on CPU; the default (contiguous) layout elsewhere
     (MPS: not measured).
 
-    On CPU, interleaved measurements on two CPUs (benchmarks/RESULTS.md, "Precision and
-    layout") found channels_last faster with one thread (the setting of each training of
-    ``kdgen sweep --jobs N`` on N cores) in every fp32 case, medians 1.08-1.62x, and in most
-    bf16 ones, and no difference the noise let them resolve with two threads;
+    On CPU, interleaved measurements on two CPUs (benchmarks/RESULTS.md, "the CPU layout
+    rule, measured again" and "precision and layout") found channels_last faster with one
+    thread (the setting of each training of ``kdgen sweep --jobs N`` on N cores) in every
+    fp32 case, medians 1.08-1.62x, and in most bf16 ones, and no difference the noise let
+    them resolve with two threads;
     ``channels_last=false`` is the override.
     """
     return device.type in ("cuda", "cpu")
