@@ -230,8 +230,8 @@ def noise_floor_table(groups: dict[str, list[Run]]) -> Table | None:
         "Per seed, one generation minus another of the same run. Each generation of this "
         "process is an independent training (a strict patriarch, no teacher term, the same "
         "schedule): its own initialisation and stream on the seed's data, nothing else. "
-        "Any difference here is chance, so these intervals are the noise floor for every "
-        f"other table. With m intervals at {CONFIDENCE:.0%}, about {chance:.2f} × m are "
+        "By design the differences here are chance, so these intervals are the noise floor "
+        f"for every other table. With m intervals at {CONFIDENCE:.0%}, about {chance:.2f} × m are "
         "expected to exclude 0 when nothing differs: across the many intervals of a "
         "report some exclude 0 by chance, here and elsewhere."
     )
