@@ -2,10 +2,11 @@
 
 For each model and input shape, four variants of one training step (forward, float32
 cross-entropy, backward, SGD step) on one fixed batch: fp32 or bf16 autocast, contiguous
-or channels_last. The variants run in turn (A B C D A B C D ...) so that the machine's
-load hits them alike; each number is the median over the rounds, and the ratios are
-medians of per-round ratios. This is the measurement behind ``channels_last=null``'s rule
-(kdgen.precision.auto_channels_last) and ``precision=auto``.
+or channels_last. The variants run in turn, the order reversed every other round
+(A B C D, D C B A, ...), so that the machine's load and any drift within a round hit
+them alike; the rate is the median over the rounds, and each speed-up is the median of
+the per-round ratios with their min-max spread. This is the measurement behind
+``channels_last=null``'s rule (kdgen.precision.auto_channels_last) and ``precision=auto``.
 
 Usage: python benchmarks/layout.py [--threads 1] [--rounds 5] [--steps 5]
 """
@@ -77,6 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, CPU")
+    print("speed-ups: median of the per-round ratios (min-max over the rounds)")
     print(
         "| model | input | fp32 contiguous img/s | bf16 speed-up "
         "| channels_last speed-up (fp32) | (bf16) |"
@@ -91,7 +93,8 @@ def main() -> None:
         }
         seconds: dict[Variant, list[float]] = {variant: [] for variant in VARIANTS}
         for round_index in range(args.rounds + 1):
-            for variant, step in steps.items():
+            order = list(steps.items())
+            for variant, step in order if round_index % 2 == 0 else reversed(order):
                 step()
                 start = time.perf_counter()
                 for _ in range(args.steps):
@@ -101,17 +104,19 @@ def main() -> None:
 
         def ratio(
             a: tuple[str, str], b: tuple[str, str], seconds: dict[Variant, list[float]] = seconds
-        ) -> float:
-            """How many times faster ``a`` is than ``b`` (median of per-round ratios)."""
-            return statistics.median(x / y for x, y in zip(seconds[b], seconds[a], strict=True))
+        ) -> str:
+            """How many times faster ``a`` is than ``b``: the median of the per-round
+            ratios and their min-max."""
+            ratios = [x / y for x, y in zip(seconds[b], seconds[a], strict=True)]
+            return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
         base = ("fp32", "contiguous")
         rate = args.batch / statistics.median(seconds[base])
         print(
             f"| {name} | {channels}x{side}x{side} | {rate:.0f} | "
-            f"{ratio(('bf16', 'contiguous'), base):.2f} | "
-            f"{ratio(('fp32', 'channels_last'), base):.2f} | "
-            f"{ratio(('bf16', 'channels_last'), ('bf16', 'contiguous')):.2f} |",
+            f"{ratio(('bf16', 'contiguous'), base)} | "
+            f"{ratio(('fp32', 'channels_last'), base)} | "
+            f"{ratio(('bf16', 'channels_last'), ('bf16', 'contiguous'))} |",
             flush=True,
         )
 

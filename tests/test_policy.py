@@ -8,7 +8,13 @@ import torch
 from kdgen import losses
 from kdgen.config import build_config, config_hash
 from kdgen.errors import ConfigError
-from kdgen.policy import is_strict, loss_settings, make_loss, patriarch_key
+from kdgen.policy import (
+    is_strict,
+    loss_settings,
+    make_loss,
+    patriarch_key,
+    patriarch_loss_key,
+)
 from tests.helpers import SMOKE_CONFIG_HASH
 
 
@@ -28,6 +34,24 @@ def test_tolerant_patriarchs_share_only_with_equal_losses() -> None:
     for change in ("eta=0.7", "regularizer=cp", "k=3", "regularizer_form=normalized"):
         other = build_config("smoke", ["lam=0.6", change])
         assert patriarch_key(other) != patriarch_key(base), change
+
+
+def test_no_regulariser_is_strict_only_at_eta_1() -> None:
+    """docs/method.md, "Tolerance regularisers": regularizer=none trains eta * CE in the
+    convex form, which under weight decay is not the strict patriarch; one rule says so
+    for sharing (patriarch_key), the checkpoint check (loss_settings) and the report."""
+    strict = build_config("smoke", ["process=D(1.0,0.0)"])
+    scaled = build_config("smoke", ["process=D(0.6,0.0)", "regularizer=none"])
+    assert patriarch_key(scaled) != patriarch_key(strict)
+    assert patriarch_key(scaled) == patriarch_loss_key(0.6, "none", 5, "convex")
+    assert loss_settings(scaled, 0)["eta"] == 0.6 and loss_settings(strict, 0) == {
+        "generation_role": "patriarch",
+        "eta": 1.0,
+    }
+    logits, targets = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([1])
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    loss = make_loss(scaled, 0)(logits, targets, None)["loss"]
+    assert loss.item() == pytest.approx(0.6 * ce.item())  # eta * CE, by hand
 
 
 def test_the_config_accepts_the_regularisers_the_losses_register(

@@ -38,9 +38,11 @@ def test_auto_precision_follows_the_cpus_bf16_instructions(
     assert resolve_precision("bf16", CPU) == "bf16"
 
 
-def test_mps_and_cpu_default_to_the_contiguous_layout() -> None:
-    assert choose_numerics("fp32", None, CPU) == Numerics("fp32", False)
-    assert choose_numerics("bf16", True, CPU) == Numerics("bf16", True)
+def test_cpu_defaults_to_channels_last_and_mps_to_contiguous() -> None:
+    """benchmarks/RESULTS.md, "Precision and layout": the measured CPU rule."""
+    assert choose_numerics("fp32", None, CPU) == Numerics("fp32", True)
+    assert choose_numerics("bf16", False, CPU) == Numerics("bf16", False)
+    assert choose_numerics("fp32", None, torch.device("mps")) == Numerics("fp32", False)
     assert not native_bf16(torch.device("mps"))
 
 
@@ -118,9 +120,9 @@ def test_precision_override_is_used_and_recorded(
     result = train_generations(fast_config(f"precision={precision}", "schedule.epochs=1"))
     assert used == [precision, precision]
     state = RunFolder(result.path).read_state()
-    assert (state["precision"], state["layout"]) == (precision, "contiguous")
+    assert (state["precision"], state["layout"]) == (precision, "channels_last")
     summary = json.loads((result.path / "summary.json").read_text())
-    assert (summary["precision"], summary["layout"]) == (precision, "contiguous")
+    assert (summary["precision"], summary["layout"]) == (precision, "channels_last")
 
 
 @pytest.mark.slow
@@ -128,7 +130,8 @@ def test_resume_reuses_the_recorded_numerics(
     fast_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A resume computes as the run began, whatever ``auto`` resolves to now; a run folder
-    from before the record (run.json without it) resumes as kdgen then ran: fp32 on CPU."""
+    from before the record (run.json without it) resumes as kdgen then ran: fp32 and
+    contiguous on CPU."""
     config = fast_config("generations=1", "schedule.epochs=1")
     first = train_generations(config)
     folder = RunFolder(first.path)
@@ -139,7 +142,7 @@ def test_resume_reuses_the_recorded_numerics(
         state = {**folder.read_state(), **recorded}
         assert build.run_numerics(config, CPU, state) == expected
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    assert build.run_numerics(config, CPU, {}) == Numerics("bf16", False)
+    assert build.run_numerics(config, CPU, {}) == Numerics("bf16", True)
 
 
 def test_bf16_evaluation_rounds_like_bf16_and_returns_float32() -> None:

@@ -236,6 +236,59 @@ def test_paired_difference_interval_by_hand(report: Path) -> None:
     assert _row(text, "D(0.6,0.6)", "0")[3:6] == ["-1.00", "[-13.91, +11.91]", "no"]
 
 
+def _section(report: Path, title: str) -> str:
+    return report.read_text().split(f"## {title}")[1].split("## ")[0]
+
+
+def test_noise_floor_by_hand(report: Path) -> None:
+    """D(1.0,0.0)'s generations are independent runs: their paired differences are the
+    noise floor. Top-1 by seed, gens 0-2: .70 .71 .72 / .70 .72 .72 / .70 .73 .72."""
+    text = _section(report, "Noise floor")
+    half = T_975_2 * 1.0 / math.sqrt(3)  # sample std 1 pp, n = 3
+    # gen 1 - gen 0: +1, +2, +3 pp; Dist^C +0.010 on every seed (0.01 per generation)
+    assert _row(text, "D(1.0,0.0)", "1 − 0")[2:9] == [
+        "3",
+        "+2.00",
+        f"[{2 - half:+.2f}, {2 + half:+.2f}]",
+        "no",
+        "**+0.010**",
+        "[+0.010, +0.010]",
+        "yes",
+    ]
+    # gen 2 - gen 1: +1, 0, -1 pp; gen 2 - gen 0: +2 pp on every seed
+    assert _row(text, "D(1.0,0.0)", "2 − 1")[3:6] == ["+0.00", "[-2.48, +2.48]", "no"]
+    assert _row(text, "D(1.0,0.0)", "2 − 0")[3:6] == ["**+2.00**", "[+2.00, +2.00]", "yes"]
+    # Processes with a teacher (lam > 0) or a tolerant patriarch are not a noise floor.
+    assert "| D(1.0,0.6)" not in text and "| D(0.6,0.6)" not in text
+    # 3 rows x 2 metrics; 4 intervals exclude 0 (the Dist^C ones and 2 - 0's top-1).
+    assert (
+        "This table holds 6 intervals (n ≥ 2), of which 4 exclude 0. If nothing differed, "
+        "about 0.05 × 6 = 0.3 of them would exclude 0 by chance." in text
+    )
+    assert "about 0.05 × m are expected to exclude 0 when nothing differs" in text
+
+
+def test_generation_steps_by_hand(report: Path) -> None:
+    text = _section(report, "Generation to generation")
+    # D(0.6,0.6) top-1 by seed, gens 0-2: .66 .72 .75 / .66 .74 .78 / .75 .76 .76
+    for step, diffs in (("1 − 0", [6.0, 8.0, 1.0]), ("2 − 1", [3.0, 4.0, 0.0])):
+        mean = sum(diffs) / 3
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+        half = T_975_2 * sd / math.sqrt(3)
+        assert _row(text, "D(0.6,0.6)", step)[2:6] == [
+            "3",
+            f"{mean:+.2f}",
+            f"[{mean - half:+.2f}, {mean + half:+.2f}]",
+            "no",
+        ]
+    # Every process has its steps, the baseline included; 3 processes x 2 steps x 2 metrics.
+    assert _row(text, "D(1.0,0.6)", "1 − 0")[3] == "+1.00"  # 0, +1, +2 pp
+    assert _row(text, "D(1.0,0.0)", "2 − 1")[3] == "+0.00"
+    assert "This table holds 12 intervals (n ≥ 2)" in text
+    page = (report.parent / "report.html").read_text()
+    assert "<h2>Noise floor" in page and "<h2>Generation to generation" in page
+
+
 def test_t_interval_matches_scipy_and_hand() -> None:
     interval = t_interval([1.0, 2.0, 3.0])
     assert interval is not None and interval.n == 3 and interval.mean == pytest.approx(2.0)

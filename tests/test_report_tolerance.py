@@ -69,7 +69,7 @@ def test_table_gives_the_threshold_side_and_hand_computed_intervals(runs_dir: Pa
     table = tolerance_table(find_runs([runs_dir]))
     assert table is not None
     by_eta = {row[1]: row for row in table.rows}
-    assert [by_eta[eta][2] for eta in ("1", "0.6", "0.5")] == ["above", "above", "below"]
+    assert [by_eta[eta][2] for eta in ("1", "0.6", "0.5")] == [">=", ">=", "<"]
     # mean top-1 prob at eta 0.5: 0.40, 0.41, 0.42 -> mean 0.41, sample std 0.01
     half = T_975_2 * 0.01 / 3**0.5
     assert by_eta["0.5"][4] == f"0.410 [{0.41 - half:.3f}, {0.41 + half:.3f}]"
@@ -86,3 +86,21 @@ def test_the_report_draws_the_curve_only_when_there_is_one(runs_dir: Path, tmp_p
     text = write_report([only_two], tmp_path / "out2").read_text()
     assert "The patriarch against eta" not in text
     assert not (tmp_path / "out2" / "tolerance.png").exists()
+
+
+def test_no_regulariser_below_eta_1_is_its_own_curve_not_the_strict_patriarch(
+    runs_dir: Path,
+) -> None:
+    """regularizer=none with eta < 1 trains eta * CE (docs/method.md, "Tolerance
+    regularisers"): policy.patriarch_loss_key keeps it apart from the strict patriarch,
+    even when its folders are found first."""
+    for seed in range(3):
+        for eta in (0.6, 0.5):
+            summary = _summary(f"D({eta},0.0)", eta, seed, 0.2, regularizer="none")
+            _write(runs_dir, f"a-none-{eta}-{seed}", summary)
+    curves = patriarch_curves(find_runs([runs_dir]))
+    assert list(curves) == ["none", "tsd"]
+    assert list(curves["none"]) == [1.0, 0.6, 0.5]
+    for curve in curves.values():
+        strict = [run.generation(0)["test"]["mean_max_prob"] for run in curve[1.0]]
+        assert strict == pytest.approx([0.90, 0.91, 0.92])

@@ -139,7 +139,8 @@ def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any])
         return found
     if recorded:
         legacy = "bf16" if device.type == "cuda" and precision_setting(config) != "fp32" else "fp32"
-        return Numerics(legacy, resolve_channels_last(config.channels_last, device))
+        layout = device.type == "cuda" if config.channels_last is None else config.channels_last
+        return Numerics(legacy, layout)
     return choose_numerics(precision_setting(config), config.channels_last, device)
 
 

@@ -157,7 +157,9 @@ def confidence_penalty_reg(logits: Tensor, k: int = 5) -> Tensor:
 
 
 def no_reg(logits: Tensor, k: int = 5) -> Tensor:
-    """No regulariser: R = 0 (a strict teacher whatever eta is). ``k`` is unused."""
+    """No regulariser: R = 0, docs/method.md "Tolerance regularisers". The convex teacher
+    loss is then eta * CE (under weight decay not the strict teacher unless eta = 1), the
+    normalized one CE. ``k`` is unused."""
     del k
     _check_logits(logits)
     return torch.zeros((), dtype=torch.float32, device=logits.device)

@@ -28,12 +28,21 @@ def is_strict(eta: float) -> bool:
     return eta == 1.0
 
 
+def patriarch_loss_key(eta: float, regularizer: str, k: int, form: str) -> tuple[object, ...]:
+    """The one rule for when two patriarchs train with the same loss (docs/method.md,
+    "Tolerance regularisers"): every strict one (eta = 1) is plain cross-entropy whatever the
+    regulariser; any other is its eta, regulariser, K and form. ``regularizer="none"`` with
+    eta < 1 is not strict: the convex form trains eta * CE, which under weight decay is
+    another model than the strict patriarch."""
+    if is_strict(eta):
+        return ("strict",)
+    return (eta, regularizer, k, form)
+
+
 def patriarch_key(config: Config) -> tuple[object, ...]:
     """What decides a patriarch's loss: runs of one seed and preset with equal keys train
     the same M_0 and may share it (``patriarch=``)."""
-    if is_strict(config.eta):
-        return ("strict",)
-    return (config.eta, config.regularizer, config.k, config.regularizer_form)
+    return patriarch_loss_key(config.eta, config.regularizer, config.k, config.regularizer_form)
 
 
 def is_tolerant(config: Config, generation: int) -> bool:

@@ -39,13 +39,17 @@ def resolve_precision(setting: str, device: torch.device) -> str:
 
 def auto_channels_last(device: torch.device) -> bool:
     """The layout rule of ``channels_last=null``: channels_last on CUDA, where cuDNN's
-    tensor-core convolutions want it; the default (contiguous) layout elsewhere.
+    tensor-core convolutions want it, and on CPU; the default (contiguous) layout elsewhere
+    (MPS: not measured).
 
-    On CPU the winner changed with the thread count and the machine's load in our
-    measurements (benchmarks/RESULTS.md, "Precision and layout"), so the default stays
-    contiguous and ``channels_last=true`` is the override.
+    On CPU, interleaved measurements on two CPUs (benchmarks/RESULTS.md, "the CPU layout
+    rule, measured again" and "precision and layout") found channels_last faster with one
+    thread (the setting of each training of ``kdgen sweep --jobs N`` on N cores) in every
+    fp32 case, medians 1.08-1.62x, and in most bf16 ones, and no difference the noise let
+    them resolve with two threads;
+    ``channels_last=false`` is the override.
     """
-    return device.type == "cuda"
+    return device.type in ("cuda", "cpu")
 
 
 def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:

@@ -1,15 +1,20 @@
-"""Paired differences from the baseline process, with their 95% t-intervals.
+"""Paired differences with their 95% t-intervals: each process against the baseline
+process, each generation against the one before it, and the noise floor (the generations
+of a process without teachers against each other).
 
-Pairs are formed by seed: a seed counts only where both the process and the baseline ran
-it (n says how many did). A difference is called real only where its interval excludes 0;
-with n = 1 there is no interval and no claim. A generation 0 loaded from another process
-(a shared patriarch) is the same model, not evidence, and is shown as shared.
+Pairs are formed by seed: a seed counts only where both sides ran it (n says how many
+did). A difference is called real only where its interval excludes 0; with n = 1 there is
+no interval and no claim. A generation 0 loaded from another process (a shared patriarch)
+is the same model, not evidence, and is shown as shared. Every table says how many of its
+intervals would exclude 0 by chance if nothing differed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
+from kdgen.policy import is_strict
 from kdgen.report.collect import BASELINE, Run, ensemble_names, generations_of
 from kdgen.report.stats import CONFIDENCE, Interval, pair_by_seed, t_interval
 from kdgen.report.tables import Column, Table
@@ -18,6 +23,7 @@ DIFFERENCE_COLUMNS = (
     Column("Δ test top-1 (pp)", "top1", 100.0, 2, None),
     Column("Δ Dist^C", "dist_c", 1.0, 3, None),
 )
+EXCLUDES_ZERO = "excludes 0"
 
 
 def paired_differences(
@@ -46,6 +52,23 @@ def difference_note(baseline: str) -> str:
     )
 
 
+def chance_note(table: Table) -> str:
+    """How many of the table's intervals exclude 0, and how many would by chance alone."""
+    columns = [i for i, header in enumerate(table.headers) if header == EXCLUDES_ZERO]
+    verdicts = [row[i] for row in table.rows for i in columns if row[i] in ("yes", "no")]
+    chance = 1 - CONFIDENCE
+    return (
+        f"This table holds {len(verdicts)} intervals (n ≥ 2), of which "
+        f"{verdicts.count('yes')} exclude 0. If nothing differed, about {chance:.2f} × "
+        f"{len(verdicts)} = {chance * len(verdicts):.1f} of them would exclude 0 by chance."
+    )
+
+
+def _with_chance_note(table: Table) -> Table:
+    table.notes.append(chance_note(table))
+    return table
+
+
 def _sign(value: float, scale: float, digits: int) -> str:
     return f"{value * scale:+.{digits}f}"
 
@@ -65,7 +88,7 @@ def difference_cells(interval: Interval | None, column: Column) -> list[str]:
 
 def _headers(key: str) -> list[str]:
     level = f"{CONFIDENCE:.0%} CI"
-    per_metric = [[c.header, level, "excludes 0"] for c in DIFFERENCE_COLUMNS]
+    per_metric = [[c.header, level, EXCLUDES_ZERO] for c in DIFFERENCE_COLUMNS]
     return ["process", key, "n", *(h for group in per_metric for h in group)]
 
 
@@ -104,7 +127,9 @@ def differences_table(
                 continue
             diffs = [paired_differences(runs, base, g, c, skip) for c in DIFFERENCE_COLUMNS]
             rows.append(_row(label, str(g), diffs))
-    return Table(_headers("gen"), rows, left=1, notes=[difference_note(baseline)])
+    return _with_chance_note(
+        Table(_headers("gen"), rows, left=1, notes=[difference_note(baseline)])
+    )
 
 
 def ensemble_differences_table(
@@ -130,4 +155,84 @@ def ensemble_differences_table(
             rows.append(_row(label, f"{name} [{','.join(map(str, members))}]", diffs))
     if not rows:
         return None
-    return Table(_headers("ensemble"), rows, left=2)
+    return _with_chance_note(Table(_headers("ensemble"), rows, left=2))
+
+
+# --- within a process: generation against generation, same seed ------------------------------
+
+
+def generation_differences(
+    runs: Sequence[Run], later: int, earlier: int, column: Column
+) -> list[float]:
+    """Per run (one seed), generation ``later`` minus generation ``earlier`` of that run;
+    runs missing either value are left out."""
+    out = []
+    for run in runs:
+        value, reference = column.read(run.generation(later)), column.read(run.generation(earlier))
+        if value is not None and reference is not None:
+            out.append(value - reference)
+    return out
+
+
+def _generation_row(label: str, runs: Sequence[Run], later: int, earlier: int) -> list[str]:
+    diffs = [generation_differences(runs, later, earlier, c) for c in DIFFERENCE_COLUMNS]
+    return _row(label, f"{later} − {earlier}", diffs)
+
+
+def has_independent_generations(runs: Sequence[Run]) -> bool:
+    """Whether every generation of these runs is an independent run of one training: a
+    strict patriarch, no teacher term (lam = 0) and the same number of epochs throughout,
+    so its generations differ only by their own initialisation and stream."""
+    epochs = {e.get("epochs") for run in runs for e in run.summary["generations"]}
+    return (
+        len(epochs) == 1
+        and all(is_strict(float(run.summary.get("eta", 1.0))) for run in runs)
+        and all(float(run.summary.get("lam", 0.0)) == 0.0 for run in runs)
+    )
+
+
+def generation_steps_table(groups: dict[str, list[Run]]) -> Table | None:
+    """Per process, each generation minus the one before it on the same seed; None when
+    no process has two generations."""
+    rows = []
+    for label, runs in groups.items():
+        generations = generations_of(runs)
+        for earlier, later in pairwise(generations):
+            rows.append(_generation_row(label, runs, later, earlier))
+    if not rows:
+        return None
+    note = (
+        "Per seed, generation g of a process minus generation g − 1 of the same run (its "
+        "teacher, where it has one); mean, 95% t-interval (n − 1 degrees of freedom), n. "
+        "A step is called real only where its interval excludes 0; read it against the "
+        "noise floor."
+    )
+    return _with_chance_note(Table(_headers("step"), rows, left=2, notes=[note]))
+
+
+def noise_floor_table(groups: dict[str, list[Run]]) -> Table | None:
+    """For every process whose generations are independent runs (D(1.0,0.0)), each
+    generation minus the one before and minus generation 0, paired by seed: differences
+    between trainings that differ only by chance. None when there is no such process."""
+    rows = []
+    for label, runs in groups.items():
+        generations = generations_of(runs)
+        if len(generations) < 2 or not has_independent_generations(runs):
+            continue
+        for earlier, later in pairwise(generations):
+            rows.append(_generation_row(label, runs, later, earlier))
+            if earlier != generations[0]:
+                rows.append(_generation_row(label, runs, later, generations[0]))
+    if not rows:
+        return None
+    chance = 1 - CONFIDENCE
+    note = (
+        "Per seed, one generation minus another of the same run. Each generation of this "
+        "process is an independent training (a strict patriarch, no teacher term, the same "
+        "schedule): its own initialisation and stream on the seed's data, nothing else. "
+        "By design the differences here are chance, so these intervals are the noise floor "
+        f"for every other table. With m intervals at {CONFIDENCE:.0%}, about {chance:.2f} × m are "
+        "expected to exclude 0 when nothing differs: across the many intervals of a "
+        "report some exclude 0 by chance, here and elsewhere."
+    )
+    return _with_chance_note(Table(_headers("pair"), rows, left=2, notes=[note]))

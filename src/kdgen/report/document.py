@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdgen.report.collect import BASELINE, Run, find_runs, group_runs, shared_patriarchs
-from kdgen.report.differences import differences_table, ensemble_differences_table
+from kdgen.report.differences import (
+    differences_table,
+    ensemble_differences_table,
+    generation_steps_table,
+    noise_floor_table,
+)
 from kdgen.report.figures import BAND, plot_accuracy, plot_secondary
 from kdgen.report.html_page import page
 from kdgen.report.secondary import per_class_table
@@ -68,6 +73,26 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
         sections.append(
             Section(f"Difference from {baseline} (paired, 95% t-interval)", "", differences)
         )
+    noise = noise_floor_table(groups)
+    if noise is not None:
+        sections.append(
+            Section(
+                "Noise floor: independent runs against each other (paired, 95% t-interval)",
+                "How far apart two trainings that differ only by chance come out: the "
+                "generations of a process without teachers, paired by seed.",
+                noise,
+            )
+        )
+    steps = generation_steps_table(groups)
+    if steps is not None:
+        sections.append(
+            Section(
+                "Generation to generation (paired, 95% t-interval)",
+                "Whether each student beats its teacher (or, without teachers, the run "
+                "before it) on the same seed.",
+                steps,
+            )
+        )
     ensembles = ensembles_table(groups)
     if ensembles is not None:
         sections.append(
@@ -119,8 +144,8 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 "The patriarch against eta",
                 "Generation 0 of every run, grouped by regulariser and eta (a patriarch "
                 "shared by several runs of a seed counts once; the strict patriarch, eta = 1, "
-                "starts every curve). For TSD, one-hot stays a local optimum of the teacher "
-                "loss exactly when eta > K/(2K-1) (docs/method.md, Tolerance threshold).",
+                "starts every curve). For TSD, one-hot stays a local minimum of the teacher "
+                "loss exactly when eta >= K/(2K-1) (docs/method.md, Tolerance threshold).",
                 tolerance,
             )
         )

@@ -2,10 +2,12 @@
 regulariser and eta, with 95% t-intervals of the means over seeds.
 
 docs/method.md "Tolerance threshold": for TSD with K classes a one-hot output stays a
-local optimum of the teacher loss exactly when eta > K/(2K-1); the curve shows whether the
+local minimum of the teacher loss exactly when eta >= K/(2K-1); the curve shows whether the
 patriarch's confidence, secondary information and accuracy change at that threshold.
 A strict patriarch (eta = 1) has no regulariser and starts every regulariser's curve; a
-patriarch shared by several runs of one seed counts once.
+patriarch shared by several runs of one seed counts once. Which patriarchs are the same
+is policy.patriarch_loss_key's rule: ``regularizer=none`` below eta = 1 is a curve of its
+own (eta * CE), not the strict patriarch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdgen.policy import is_strict
+from kdgen.policy import patriarch_loss_key
 from kdgen.report.collect import Run
 from kdgen.report.figures import new_figure, save_figure
 from kdgen.report.stats import Interval, t_interval
@@ -25,16 +27,21 @@ COLUMNS = (METRIC_COLUMNS[4], METRIC_COLUMNS[2], METRIC_COLUMNS[3], METRIC_COLUM
 
 
 def threshold(k: int) -> float:
-    """K/(2K-1): above it one-hot is a local optimum of the TSD teacher loss."""
+    """K/(2K-1): at and above it one-hot is a local minimum of the TSD teacher loss."""
     return k / (2 * k - 1)
 
 
 def _key(run: Run) -> tuple[Any, ...]:
-    """What makes two runs' patriarchs the same training (the seed included)."""
+    """What makes two runs' patriarchs the same training (policy.patriarch_loss_key, the
+    seed included)."""
     s = run.summary
-    if is_strict(s.get("eta", 1.0)) or s.get("regularizer") == "none":
-        return ("strict", run.seed)
-    return (s.get("regularizer"), s.get("eta"), s.get("k"), s.get("regularizer_form"), run.seed)
+    loss = patriarch_loss_key(
+        float(s.get("eta", 1.0)),
+        s.get("regularizer", "tsd"),
+        s.get("k", 5),
+        s.get("regularizer_form", "convex"),
+    )
+    return (*loss, run.seed)
 
 
 def patriarch_curves(runs: Sequence[Run]) -> dict[str, dict[float, list[Run]]]:
@@ -48,7 +55,8 @@ def patriarch_curves(runs: Sequence[Run]) -> dict[str, dict[float, list[Run]]]:
     curves: dict[str, dict[float, list[Run]]] = {}
     for key, run in unique.items():
         if key[0] != "strict":
-            curves.setdefault(str(key[0]), {}).setdefault(float(key[1]), []).append(run)
+            eta, regularizer = key[0], key[1]
+            curves.setdefault(str(regularizer), {}).setdefault(float(eta), []).append(run)
     for curve in curves.values():
         if strict:
             curve[1.0] = strict
@@ -84,13 +92,13 @@ def tolerance_table(runs: Sequence[Run]) -> Table | None:
     curves = patriarch_curves(runs)
     if not curves:
         return None
-    headers = ["regulariser", "eta", "vs K/(2K-1)", "n", *(c.header for c in COLUMNS)]
+    headers = ["regulariser", "eta", "eta vs K/(2K-1)", "n", *(c.header for c in COLUMNS)]
     rows = []
     for name, curve in curves.items():
         for eta, members in curve.items():
             side = "-"
             if name == "tsd":
-                side = "above" if eta > threshold(_k(members)) else "below"
+                side = ">=" if eta >= threshold(_k(members)) else "<"
             cells = [_format(_interval(members, column), column) for column in COLUMNS]
             rows.append([name, f"{eta:g}", side, str(len(members)), *cells])
     note = (
