@@ -3,13 +3,16 @@ and the checkpoint identity check (``kdgen.runs``)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from kdgen.config import build_config, config_from_yaml, config_hash, to_yaml
+from kdgen.data.download import download_file
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
-from kdgen.runs import RunFolder, check_identity, save_checkpoint
+from kdgen.runs import RunFolder, atomic_write_text, check_identity, save_checkpoint
 
 
 def test_a_folder_without_config_holds_no_run(tmp_path: Path) -> None:
@@ -63,3 +66,35 @@ def test_check_identity_names_every_differing_key() -> None:
     assert "model_name='tiny_cnn' where this run needs 'resnet20'" in message
     assert "in_channels=3 where this run needs 1" in message
     assert "num_classes" not in message
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_files_get_the_mode_a_plain_open_gives(tmp_path: Path, umask: int) -> None:
+    """Atomic writes go through a temporary file, yet the file gets the umask's mode (not
+    mkstemp's 0600), or the mode of the file it replaces."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}")
+        save_checkpoint(tmp_path / "checkpoints" / "gen0.pt", {"generation": 0})
+        with (tmp_path / "plain.txt").open("w") as file:
+            file.write("x")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    for name in ("summary.json", "checkpoints/gen0.pt", "plain.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+    (tmp_path / "summary.json").chmod(0o640)
+    atomic_write_text(tmp_path / "summary.json", "{}\n")
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == 0o640
+
+
+def test_a_downloaded_file_gets_the_mode_a_plain_open_gives(tmp_path: Path) -> None:
+    source = tmp_path / "cifar.tar.gz"
+    source.write_bytes(b"data")
+    previous = os.umask(0o022)
+    try:
+        path = download_file(source.as_uri(), tmp_path / "data" / "cifar.tar.gz")
+    finally:
+        os.umask(previous)
+    assert path.read_bytes() == b"data"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

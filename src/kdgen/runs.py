@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ from kdgen.config import (
     schedule_for,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
+from kdgen.files import create_beside
 
 if TYPE_CHECKING:
     from kdgen.data import DataSource
@@ -53,18 +53,19 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename it into place.
 
-    A crash or a full disk leaves either the old file or the new one, never a mix.
+    A crash or a full disk leaves either the old file or the new one, never a mix. The
+    file gets the mode a plain ``open()`` would give it (see :mod:`kdgen.files`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temp = create_beside(path, ".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp_name, path)
+        os.replace(temp, path)
     except BaseException as error:
-        Path(temp_name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno in _DISK_FULL and not error.filename:
             raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
         raise

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
 
 from kdgen.errors import DataError
+from kdgen.files import create_beside
 
 _CHUNK = 1 << 20
 
@@ -52,8 +52,7 @@ def download_file(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     algorithm, expected = _pick_checksum(sha256, md5)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = create_beside(dest, ".part")  # readable as the umask says, unlike mkstemp's
     try:
         with os.fdopen(fd, "wb") as out:
             actual = _stream(url, out, algorithm, timeout)
