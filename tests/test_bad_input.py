@@ -69,6 +69,36 @@ def _other_architecture(tmp: Path, run: Path) -> list[str]:
     return ["eval", str(config.parent), "--device", "cpu"]
 
 
+def _a_file(tmp: Path) -> Path:
+    (tmp / "afile").write_text("not a folder")
+    return tmp / "afile"
+
+
+def _unwritable(tmp: Path) -> Path:
+    """A folder that refuses new files: read-only permissions, or for root (whom they do
+    not stop) a sysfs folder."""
+    folder = tmp / "readonly"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys/kernel")):
+        try:
+            (candidate / "probe").touch()
+        except OSError:
+            return candidate
+        (candidate / "probe").unlink()
+    pytest.skip("no folder here refuses new files")
+
+
+def _out(command: str, where: Callable[[Path], Path]) -> Setup:
+    """``kdgen train``, ``export`` or ``report`` with ``--out`` at ``where(tmp)``."""
+
+    def setup(tmp: Path, run: Path) -> list[str]:
+        head = ["train", "smoke", *FAST] if command == "train" else [command, str(run)]
+        return [*head, "--out", str(where(tmp))]
+
+    return setup
+
+
 CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
     "unknown key": (_train("data.colour=red"), ("data.colour",)),
     "wrong type": (_train("lam=abc"), ("lam",)),
@@ -103,6 +133,16 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
         lambda tmp, run: ["train", "--resume", str(run), "eta=0.7"],
         ("config differs", "eta: 0.6 -> 0.7", "--force-new"),
     ),
+    "train --out a file": (_out("train", _a_file), ("afile is a file, not a folder",)),
+    "export --out a file": (_out("export", _a_file), ("afile is a file, not a folder",)),
+    "report --out a file": (_out("report", _a_file), ("afile is a file, not a folder",)),
+    "train --out below a file": (
+        _out("train", lambda tmp: _a_file(tmp) / "run"),
+        ("cannot create --out", "a part of the path is a file"),
+    ),
+    "train --out unwritable": (_out("train", _unwritable), ("cannot write",)),
+    "export --out unwritable": (_out("export", _unwritable), ("cannot write", "gen0")),
+    "report --out unwritable": (_out("report", _unwritable), ("cannot write",)),
     "corrupt checkpoint": (_corrupt_checkpoint, ("gen0.pt", "corrupt")),
     "checkpoint of another architecture": (_other_architecture, ("tiny_cnn", "resnet8")),
 }
@@ -114,6 +154,10 @@ ON_A_FINISHED_RUN = {
     "resume with another config",
     "corrupt checkpoint",
     "checkpoint of another architecture",
+    "export --out a file",
+    "report --out a file",
+    "export --out unwritable",
+    "report --out unwritable",
 }
 
 
@@ -188,3 +232,19 @@ def test_disk_full_while_saving_a_checkpoint(
     load_checkpoint(run / "checkpoints" / "last.pt")
     assert not list(run.rglob(".*.tmp"))
     assert RunFolder(run).read_state()["status"] == "failed"
+
+
+def test_a_slurm_sweep_where_there_is_no_slurm_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no srun, no sbatch
+    argv = ["sweep", "smoke", *FAST, "--processes", "D(1.0,0.0)", "--executor", "slurm"]
+    code = main([*argv, "--out", str(tmp_path / "sweep")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == (
+        "kdgen: error: --executor slurm needs Slurm, and this machine has none (no srun on "
+        "PATH): run the sweep on a Slurm login node, or use --executor local"
+    )
+    assert not (tmp_path / "sweep").exists()

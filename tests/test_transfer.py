@@ -16,16 +16,19 @@ from kdgen.data import DeviceLoader, ImageSplit
 from kdgen.data.fashion_mnist import FILES
 from kdgen.errors import ConfigError, DataError, RunDirError
 from kdgen.evaluation import load_generation_model
+from kdgen.models import create_model, registry
 from kdgen.transfer import (
     InputAdapter,
     extract_features,
     fit_logistic_torch,
     fit_probe,
     format_transfer_table,
+    penultimate_features,
     standardize,
     transfer_path,
     transfer_run,
 )
+from tests.conftest import FAST
 
 SYNTHETIC = {"seed": 5, "train_per_class": 2, "test_per_class": 1}
 
@@ -227,3 +230,52 @@ def test_fit_probe_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fit_probe(x, y).classifier == "torch-lbfgs"
     with pytest.raises(ConfigError, match=r"kdgen\[transfer\]"):
         fit_probe(x, y, classifier="sklearn")
+
+
+# ------------------------------------------------------------------------ a user's model
+
+
+class _Scaled(torch.nn.Module):
+    """A model whose logits are not its last Linear's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) * 2
+
+
+def test_penultimate_features_without_forward_features_are_the_classifier_s_input() -> None:
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.ReLU())
+    model = torch.nn.Sequential(body, torch.nn.Linear(8, 3))
+    images = torch.randn(4, 3, 2, 2)
+    assert torch.equal(penultimate_features(model)(images), body(images))
+    tiny = create_model("tiny_cnn", 10)
+    assert penultimate_features(tiny) == tiny.forward_features
+    pooled = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Flatten())
+    with pytest.raises(ConfigError, match=r"neither a forward_features method nor an nn\.Linear"):
+        penultimate_features(pooled)
+    with pytest.raises(ConfigError, match=r"its output is not that of its last nn\.Linear"):
+        penultimate_features(_Scaled())(images)
+
+
+def test_transfer_of_a_registered_model_without_forward_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def user_mlp(num_classes: int, in_channels: int) -> torch.nn.Module:
+        hidden = torch.nn.Linear(in_channels * 32 * 32, 16)
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), hidden, torch.nn.ReLU(), torch.nn.Linear(16, num_classes)
+        )
+
+    monkeypatch.setitem(registry._REGISTRY, "test_user_mlp", user_mlp)
+    config = kdgen.build_config(
+        "smoke",
+        [*FAST, "model=test_user_mlp", "generations=0", "schedule.epochs=1", f"out_dir={tmp_path}"],
+    )
+    kdgen.train_generations(config)
+    result = transfer_run(tmp_path, "synthetic", options=SYNTHETIC, device="cpu", max_iter=50)
+    assert result["feature_dim"] == 16
+    assert 0 <= result["generations"][0]["test_top1"] <= 1

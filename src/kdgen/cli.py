@@ -86,15 +86,25 @@ def _report_stop(stopped: TrainingStopped) -> int:
     return preemption.exit_status()
 
 
-def _disk_full(error: OSError) -> str | None:
-    """A one-line message for a full disk or exceeded quota, else None."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return None
-    where = f" {error.filename}" if error.filename else ""
-    return (
-        f"disk full while writing{where} ({os.strerror(error.errno)}); "
-        "free some space, then resume with: kdgen train --resume RUN_DIR"
-    )
+# A path that cannot be written (read-only file system, permissions, a file in the way).
+_PATH_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
+def _os_error_line(error: OSError) -> str | None:
+    """A one-line message for a full disk or exceeded quota, or for a path that cannot
+    be written; None for other OS errors (a traceback: they are kdgen's to fix)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" {error.filename}" if error.filename else ""
+        return (
+            f"disk full while writing{where} ({os.strerror(error.errno)}); "
+            "free some space, then resume with: kdgen train --resume RUN_DIR"
+        )
+    if error.errno in _PATH_ERRNOS and error.filename:
+        return (
+            f"cannot write {error.filename} ({os.strerror(error.errno)}); "
+            "choose another --out, or make the folder writable"
+        )
+    return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -429,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as stopped:
         return _report_stop(stopped)
     except OSError as error:
-        message = _disk_full(error)
+        message = _os_error_line(error)
         if message is None or args.debug:
             raise
         if _prints():

@@ -461,6 +461,9 @@ class SlurmExecutor:
     settings: SlurmSettings
     print_fn: Any = print
 
+    def __post_init__(self) -> None:
+        _submitit()  # no Slurm here: one line before the sweep writes anything
+
     def execute(self, preset: str, runs: list[SweepRun]) -> list[RunOutcome]:
         job_ids: dict[str, str] = {}
         outcomes = []
@@ -484,13 +487,7 @@ class SlurmExecutor:
         return outcomes
 
     def _submit(self, preset: str, run: SweepRun, after: str | None) -> str:
-        try:
-            import submitit
-        except ImportError:
-            raise ConfigError(
-                "--executor slurm needs submitit: pip install 'kdgen[slurm]'"
-            ) from None
-
+        submitit = _submitit()
         folder = RunFolder(run.path)
         slurm = folder.path / SLURM_FOLDER
         executor = submitit.SlurmExecutor(folder=slurm / "%j")
@@ -511,12 +508,34 @@ class SlurmExecutor:
         if after is not None:
             parameters["dependency"] = f"afterok:{after}"
         executor.update_parameters(**parameters)
-        job = executor.submit(TrainJob(preset, run, max(1, settings.cpus_per_job)))
+        try:
+            job = executor.submit(TrainJob(preset, run, max(1, settings.cpus_per_job)))
+        except submitit.core.utils.FailedJobError as error:  # sbatch refused it
+            reason = (str(error).strip().splitlines() or ["no reason given"])[-1]
+            raise ConfigError(
+                f"sbatch refused the job of {run.path}: {reason}; check --partition, "
+                "--time, --mem and --slurm-opt"
+            ) from None
         atomic_write_json(slurm / "job.json", {"job_id": job.job_id, "after": after})
         return str(job.job_id)
 
     def _say(self, line: str) -> None:
         self.print_fn(line, flush=True)
+
+
+def _submitit() -> Any:
+    """The submitit module, once it is known to be installed and to see Slurm (its own
+    test: ``srun`` on PATH); else a one-line ConfigError."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--executor slurm needs submitit: pip install 'kdgen[slurm]'") from None
+    if submitit.SlurmExecutor.affinity() <= 0:
+        raise ConfigError(
+            "--executor slurm needs Slurm, and this machine has none (no srun on PATH): "
+            "run the sweep on a Slurm login node, or use --executor local"
+        )
+    return submitit
 
 
 def _active_job(folder: RunFolder) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from kdgen.errors import KdgenError
+from kdgen.files import make_folder
 from kdgen.runs import RunFolder, atomic_write_bytes, load_checkpoint
 
 
@@ -45,7 +46,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]
     generations = folder.require_generations()
     classes_path = folder.path / "classes.json"
     classes = json.loads(classes_path.read_text())["class_names"] if classes_path.exists() else None
-    out_dir = Path(out) if out is not None else folder.path / "export"
+    out_dir = make_folder(Path(out) if out is not None else folder.path / "export")
     written = []
     for generation in generations:
         payload = load_checkpoint(folder.generation_checkpoint(generation))

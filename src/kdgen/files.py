@@ -1,4 +1,4 @@
-"""Files that kdgen writes: the temporary files of atomic writes.
+"""Files that kdgen writes: the temporary files of atomic writes, and output folders.
 
 A temporary file is created with the mode a plain ``open(path, "w")`` would give the
 file it replaces (``tempfile.mkstemp`` would give 0600): so results on a shared cluster
@@ -7,10 +7,13 @@ are as readable as the user's umask and the folder's default ACL say.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
 from pathlib import Path
+
+from kdgen.errors import RunDirError
 
 PLAIN_FILE_MODE = 0o666  # what open() asks for; the umask (or default ACL) takes from it
 
@@ -36,3 +39,26 @@ def create_beside(path: Path, suffix: str) -> tuple[int, Path]:
         if mode is not None:
             os.fchmod(handle, mode)
         return handle, temp
+
+
+def check_folder_path(path: Path, option: str = "--out") -> None:
+    """RunDirError when ``path`` exists and is not a folder; ``option`` names where the
+    path came from in the message."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{option} {path} is a file, not a folder; choose a folder path")
+
+
+def make_folder(path: Path, option: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents); a RunDirError in one line when
+    it cannot be: ``option`` names where the path came from, e.g. ``--out``."""
+    check_folder_path(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        if error.errno in (errno.ENOTDIR, errno.EEXIST):
+            reason = "a part of the path is a file"
+        raise RunDirError(
+            f"cannot create {option} {path} ({reason}); choose another path"
+        ) from None
+    return path

@@ -39,7 +39,7 @@ from kdgen.config import (
     schedule_for,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
-from kdgen.files import create_beside
+from kdgen.files import check_folder_path, create_beside, make_folder
 
 if TYPE_CHECKING:
     from kdgen.data import DataSource
@@ -346,6 +346,7 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
     path = Path(config.out_dir)
+    check_folder_path(path)
     folder = RunFolder(path)
     if resume:
         folder.require_run("cannot resume: ")
@@ -364,7 +365,7 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
             )
         folder = RunFolder(unique_folder(path))
         config.out_dir = str(folder.path)
-    folder.path.mkdir(parents=True, exist_ok=True)
+    make_folder(folder.path)
     return folder
 
 

@@ -1,10 +1,10 @@
 """Transfer feature extraction (docs/method.md, "Transfer feature extraction").
 
 Each generation of a finished run is used as a frozen feature extractor on a second data
-set: its penultimate features (``forward_features``) of the second set's training and test
-images are standardised with the training features' mean and std, a multinomial logistic
-regression is fitted on the training features, and its test accuracy is reported per
-generation.
+set: its penultimate features (``forward_features``; for a model without it, the input of
+its final ``nn.Linear``) of the second set's training and test images are standardised
+with the training features' mean and std, a multinomial logistic regression is fitted on
+the training features, and its test accuracy is reported per generation.
 
 The second set is adapted to the run's input on the device, batch by batch: the images are
 normalised with the *second* set's own per-channel mean and std, a 1-channel set is
@@ -46,6 +46,7 @@ __all__ = [
     "fit_logistic_torch",
     "fit_probe",
     "format_transfer_table",
+    "penultimate_features",
     "standardize",
     "transfer_path",
     "transfer_run",
@@ -108,15 +109,56 @@ class InputAdapter:
         return images
 
 
+def penultimate_features(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function giving ``model``'s penultimate features: its ``forward_features``, or
+    for a model without one the input of the last ``nn.Linear`` that runs, provided that
+    layer's output is the model's output (its classifier); else a ConfigError."""
+    forward_features = getattr(model, "forward_features", None)
+    if callable(forward_features):
+        return forward_features  # type: ignore[no-any-return]
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    name = type(model).__name__
+    if not linears:
+        raise ConfigError(
+            f"kdgen transfer needs the penultimate features of {name}, which has neither a "
+            "forward_features method nor an nn.Linear classifier; give it forward_features(x)"
+        )
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hooks = [
+            linear.register_forward_hook(
+                lambda _, inputs, output: calls.append((inputs[0], output))
+            )
+            for linear in linears
+        ]
+        try:
+            logits = model(images)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        if not calls or calls[-1][1] is not logits:
+            raise ConfigError(
+                f"kdgen transfer needs the penultimate features of {name}: it has no "
+                "forward_features method and its output is not that of its last nn.Linear; "
+                "give it forward_features(x)"
+            )
+        return calls[-1][0]
+
+    return features
+
+
 @torch.inference_mode()
 def extract_features(
     model: torch.nn.Module, loader: DeviceLoader, adapter: InputAdapter
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, D) as float32 and labels (N,) of every batch, on the device."""
+    """Penultimate features (N, D) as float32 and labels (N,) of every batch, on the device
+    (see :func:`penultimate_features`)."""
     model.eval()
+    forward_features = penultimate_features(model)
     features, labels = [], []
     for images, targets in loader:
-        features.append(model.forward_features(adapter(images)).float().flatten(1))
+        features.append(forward_features(adapter(images)).float().flatten(1))
         labels.append(targets)
     return torch.cat(features), torch.cat(labels)
 

@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdgen.files import make_folder
 from kdgen.report.collect import BASELINE, Run, find_runs, group_runs, shared_patriarchs
 from kdgen.report.differences import (
     differences_table,
@@ -200,7 +201,7 @@ def write_report(
     out = Path(out)
     runs = find_runs(dirs)
     groups = group_runs(runs, baseline)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     plot_accuracy(groups, out / "accuracy.png", baseline)
     plot_secondary(groups, out / "secondary.png", baseline)
     figures = list(FIGURES)
