@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,9 +21,11 @@ from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, TrainSettings
-from kdgen.errors import CheckpointError, ConfigError
+from kdgen.errors import CheckpointError, ConfigError, KdgenError
 from kdgen.models import create_model
+from kdgen.policy import patriarch_mismatch
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
+from kdgen.provenance import patriarch_paths, run_digest, warn_patriarch
 from kdgen.runs import RunFolder, check_identity, load_checkpoint
 from kdgen.seeding import derive_seed
 
@@ -182,3 +185,133 @@ def load_model(
         first = str(error).splitlines()[0]
         raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
     return model.eval()
+
+
+def _check_patriarch(
+    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
+) -> None:
+    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
+    numerics are those its run.json recorded, resolved as a resume of it would."""
+    folder = RunFolder(run_dir)
+    if not folder.config_path.exists():
+        raise CheckpointError(
+            f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
+        )
+    trained, recorded = folder.read_config(), folder.read_state()
+    if payload.get("config_hash") != run_digest(trained, recorded):
+        raise CheckpointError(
+            f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
+        )
+    their_numerics = run_numerics(trained, device, recorded)
+    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
+    if mismatch:
+        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
+
+
+def patriarch_checkpoint(
+    config: Config, source: DataSource, device: torch.device, numerics: Numerics, warn: bool = True
+) -> dict[str, Any]:
+    """The gen0 checkpoint of ``patriarch=PATH``, refused unless that run's generation 0
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)
+    on data of this run's classes and channels; with ``warn``, the warnings of
+    :func:`kdgen.provenance.warn_patriarch`."""
+    run_dir, path = patriarch_paths(config)
+    if not path.exists():
+        raise CheckpointError(
+            f"patriarch={config.patriarch}: {path} does not exist; give a run folder whose "
+            "generation 0 is trained, or its checkpoints/gen0.pt"
+        )
+    payload = load_checkpoint(path)
+    _check_patriarch(config, run_dir, payload, device, numerics)
+    expected = {"num_classes": source.num_classes, "in_channels": source.in_channels}
+    check_identity(payload, expected, "patriarch", path)
+    if warn:
+        warn_patriarch(run_dir, RunFolder(run_dir).read_state(), device)
+    return payload
+
+
+@dataclass
+class Preflight:
+    """What :func:`preflight` found: the loaded data source (the run uses it), the
+    model's parameter count and the batches of a training epoch."""
+
+    dataset: DataSource
+    parameters: int
+    steps_per_epoch: int
+
+
+def preflight(config: Config, device: torch.device, numerics: Numerics) -> Preflight:
+    """Every check of a run that can be made before its folder is: the data (present,
+    readable, large enough for ``data.val_size``, ``data.train_subset`` and the batch),
+    ``k`` against its classes, the class hierarchy, the model and ``model_args`` (built
+    once for the data's classes, channels and image size: :func:`check_model`) and the
+    patriarch (for this run's ``device`` and ``numerics``). Raises the one-line error of
+    the first that fails; a check is one line here.
+    """
+    dataset = load_data(config)
+    if config.k > dataset.num_classes:
+        raise ConfigError(
+            f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
+        )
+    evaluation_settings(config, dataset)
+    data = prepare_data(config, torch.device("cpu"), dataset, channels_last=False)
+    parameters = check_model(config, dataset)
+    if config.patriarch and not _has_own_patriarch(config):
+        patriarch_checkpoint(config, dataset, device, numerics, warn=False)
+    return Preflight(dataset, parameters, len(data.train_loader))
+
+
+def _has_own_patriarch(config: Config) -> bool:
+    """Whether the run's folder holds its generation 0 already (a resume needs no other
+    run's patriarch then)."""
+    out = config.out_dir
+    return out is not None and RunFolder(out).generation_checkpoint(0).exists()
+
+
+def image_hw(source: DataSource) -> tuple[int, int]:
+    """The (height, width) of a source's images (an image folder gives one square size)."""
+    size = source.image_size
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_model(config: Config, source: DataSource) -> int:
+    """Build ``config``'s model for ``source``'s classes and channels and run a batch of its
+    image size through it: on the meta device (no memory, no compute), or on the CPU for a
+    model that the meta device cannot run. A wrong name or ``model_args``, or a model that
+    cannot take these images or gives other than one logit per class, is a ConfigError.
+    Returns the number of parameters."""
+    height, width = image_hw(source)
+    shape = (2, source.in_channels, height, width)
+    try:
+        model, logits = _run_model(config, source, shape, torch.device("meta"))
+    except KdgenError:
+        raise
+    except Exception:  # an operation that the meta device lacks: run the batch for real
+        try:
+            model, logits = _run_model(config, source, shape, torch.device("cpu"))
+        except KdgenError:
+            raise
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ConfigError(
+                f"model {config.model} cannot take the {shape[1]}x{height}x{width} images of "
+                f"{config.data.name}: {first}"
+            ) from None
+    if tuple(logits.shape) != (shape[0], source.num_classes):
+        raise ConfigError(
+            f"model {config.model} gives outputs of shape {tuple(logits.shape)} for a batch of "
+            f"{shape[0]}; a kdgen model must give (batch, {source.num_classes}) logits"
+        )
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _run_model(
+    config: Config, source: DataSource, shape: tuple[int, int, int, int], device: torch.device
+) -> tuple[nn.Module, torch.Tensor]:
+    """The model, built on ``device``, and its logits for a batch of zeros of ``shape``;
+    the global RNG (which initialisation draws from) is left as it was."""
+    with torch.random.fork_rng(devices=[]), device, torch.no_grad():
+        model = create_model(
+            config.model, source.num_classes, source.in_channels, **config.model_args
+        )
+        return model, model.eval()(torch.zeros(shape))

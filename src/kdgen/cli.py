@@ -55,15 +55,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             overrides = [*overrides, f"out_dir={args.out}"]
         config = build_config(source, overrides)
-    with _stop_signals(), distributed.launch(config.device) as dist:
-        result = train_generations(
-            config, resume=bool(args.resume), force_new=args.force_new, dist=dist
-        )
+    try:
+        with _stop_signals(), distributed.launch(config.device) as dist:
+            result = train_generations(
+                config, resume=bool(args.resume), force_new=args.force_new, dist=dist
+            )
+    except KdgenError as error:
+        error.args = (f"{error}{_reuse_note(config.out_dir)}",)
+        raise
     if not dist.is_main():
         return 0
     print(generations_table([result.summary]))
     print(f"run folder: {result.path}")
     return 0
+
+
+def _reuse_note(out_dir: str | None) -> str:
+    """For a run folder whose run failed before its first checkpoint: that the corrected
+    command may write into it (see RunFolder.clear_attempt)."""
+    from kdgen.runs import RunFolder
+
+    if out_dir is None or not RunFolder(out_dir).failed_without_results():
+        return ""
+    return f"; {out_dir} holds no checkpoint yet: the corrected command may reuse it"
 
 
 def _stop_signals() -> contextlib.AbstractContextManager[None]:

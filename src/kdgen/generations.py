@@ -25,7 +25,8 @@ from kdgen.build import (
     PreparedData,
     build_model,
     evaluation_settings,
-    load_data,
+    patriarch_checkpoint,
+    preflight,
     prepare_data,
     resolve_device,
     run_numerics,
@@ -35,26 +36,24 @@ from kdgen.config import Config, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
-from kdgen.errors import CheckpointError, ConfigError
+from kdgen.errors import CheckpointError
 from kdgen.metrics import ensemble_summaries
 from kdgen.policy import (
     generation_schedule,
     loss_settings,
     make_loss,
-    patriarch_mismatch,
     uses_teacher,
 )
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
-from kdgen.provenance import begin_run, patriarch_paths, run_digest, warn_patriarch
+from kdgen.provenance import begin_run, patriarch_paths
 from kdgen.runs import (
     RunFolder,
-    check_identity,
+    choose_run_folder,
     classes_record,
     generation_entry,
     load_checkpoint,
     lr_record,
-    open_run_folder,
     summary_header,
 )
 
@@ -92,46 +91,20 @@ class RunHooks(Hooks):
         )
 
 
-def _open_folder(config: Config, resume: bool, force_new: bool, dist: Distributed) -> RunFolder:
-    """Rank 0 opens (or refuses) the run folder; every rank then uses the same path, and
-    only rank 0 may write there."""
-    path = dist.run_on_main(lambda: open_run_folder(config, resume, force_new).path)
+def _choose_folder(config: Config, resume: bool, force_new: bool, dist: Distributed) -> RunFolder:
+    """Rank 0 chooses (or refuses) the run folder, creating nothing yet; every rank then
+    uses the same path, and only rank 0 may write there."""
+    path = dist.run_on_main(lambda: choose_run_folder(config, resume, force_new).path)
     config.out_dir = str(path)
     return RunFolder(path, writable=dist.is_main())
-
-
-def _check_patriarch(
-    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
-) -> None:
-    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
-    numerics are those its run.json recorded, resolved as a resume of it would."""
-    folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise CheckpointError(
-            f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
-        )
-    trained, recorded = folder.read_config(), folder.read_state()
-    if payload.get("config_hash") != run_digest(trained, recorded):
-        raise CheckpointError(
-            f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
-        )
-    their_numerics = run_numerics(trained, device, recorded)
-    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
-    if mismatch:
-        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
-    warn_patriarch(run_dir, recorded, device)
 
 
 def _load_patriarch(
     config: Config, dataset: DataSource, device: torch.device, numerics: Numerics
 ) -> nn.Module:
-    """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
-    run_dir, path = patriarch_paths(config)
-    payload = load_checkpoint(path)
-    _check_patriarch(config, run_dir, payload, device, numerics)
-    expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
-    check_identity(payload, expected, "patriarch", path)
+    """M_0 from another run (``patriarch=PATH``), checked by
+    :func:`kdgen.build.patriarch_checkpoint`."""
+    payload = patriarch_checkpoint(config, dataset, device, numerics)
     model = build_model(config, dataset, 0, device, numerics.channels_last)
     model.load_state_dict(payload["model"])
     return model
@@ -187,45 +160,45 @@ def train_generations(
     dist = dist or distributed.current()
     device = resolve_device(distributed.device_for(dist, config.device))
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
-    folder = _open_folder(config, resume, force_new, dist)
+    folder = _choose_folder(config, resume, force_new, dist)
     recorded = dist.run_on_main(lambda: folder.read_state() if resume else {})
+    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
+    checked = dist.main_first(lambda: preflight(config, device, numerics))  # before any write
+    dataset = checked.dataset
     provenance = dist.run_on_main(lambda: begin_run(config, device, recorded))
     digest = provenance.digest
-    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
-    dataset = dist.main_first(lambda: load_data(config))
-    if config.k > dataset.num_classes:
-        raise ConfigError(
-            f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
-        )
     data = prepare_data(config, device, dataset, dist, numerics.channels_last)
     evaluation = evaluation_settings(config, dataset)
-    summary = folder.read_summary() if resume else None
-    if not summary or summary.get("config_hash") != digest:
-        summary = summary_header(config, dataset, digest, numerics, provenance.record)
-    summary["threads"] = provenance.record["threads"]
-    if not resume:
-        folder.write_text(folder.config_path, to_yaml(config))
-    if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
-        folder.write_json(folder.path / "classes.json", classes_record(evaluation, dataset))
-    if resume:
-        folder.remove_stale_temp_files()
-    if config.tensorboard:
-        folder.enable_tensorboard()
-    folder.write_state(
-        "running",
-        started=time.time(),
-        world_size=dist.world_size,
-        global_batch_size=config.data.batch_size,
-        lr_effective=lr_record(config),
-        **numerics.record(),
-        **provenance.record,
-    )
-    dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
-    hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
+    dist.run_on_main(lambda: folder.open(config, resume))  # created by rank 0
     try:
+        summary = folder.read_summary() if resume else None
+        if not summary or summary.get("config_hash") != digest:
+            summary = summary_header(config, dataset, digest, numerics, provenance.record)
+        summary["threads"] = provenance.record["threads"]
+        if not resume:
+            folder.write_text(folder.config_path, to_yaml(config))
+        if not resume or not (folder.path / "classes.json").exists():  # a kill may fall between
+            folder.write_json(folder.path / "classes.json", classes_record(evaluation, dataset))
+        if resume:
+            folder.remove_stale_temp_files()
+        if config.tensorboard:
+            folder.enable_tensorboard()
+        folder.write_state(
+            "running",
+            started=time.time(),
+            world_size=dist.world_size,
+            global_batch_size=config.data.batch_size,
+            lr_effective=lr_record(config),
+            **numerics.record(),
+            **provenance.record,
+        )
+        dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
+        hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
         _run_generations(
             config, folder, data, summary, digest, evaluation, hooks, device, numerics, dist
         )
+        folder.write_metrics_csv()
+        folder.write_state("finished", generation=config.generations)
     except TrainingStopped as stopped:
         stopped.run_dir = str(folder.path)
         folder.write_state("interrupted", reason=str(stopped))
@@ -235,9 +208,7 @@ def train_generations(
         folder.write_state(status, reason=f"{type(error).__name__}: {error}")
         raise
     finally:
-        folder.close()
-    folder.write_metrics_csv()
-    folder.write_state("finished", generation=config.generations)
+        folder.close()  # TensorBoard flushed
     dist.barrier()  # the run folder is complete for every rank (and, in a sweep, the next run)
     return RunResult(folder.path, dist.broadcast_object(summary))
 

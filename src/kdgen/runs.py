@@ -23,7 +23,9 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What a run leaves before its first checkpoint (see RunFolder.clear_attempt).
+ATTEMPT_FILES = ("config.yaml", "run.json", "classes.json", "metrics.jsonl", "metrics.csv", "tb")
+
+log = logging.getLogger("kdgen")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -199,7 +205,53 @@ class RunFolder:
             temp.unlink(missing_ok=True)
 
     def has_results(self) -> bool:
-        return self.config_path.exists() or self.summary_path.exists() or self.checkpoints.exists()
+        """Whether a new run must not write here: the folder holds a checkpoint, saved
+        logits or a summary, or a ``config.yaml`` without the ``run.json`` a kdgen run
+        writes beside it. (A run that failed before its first checkpoint holds none of
+        these: :meth:`clear_attempt` makes room for the corrected run.)"""
+        saved = [self.summary_path, *self.checkpoints.glob("*.pt"), *self.path.glob("logits/*.pt")]
+        foreign_config = self.config_path.exists() and not self.state_path.exists()
+        return any(path.exists() for path in saved) or foreign_config
+
+    def failed_without_results(self) -> bool:
+        """Whether the run here failed before it saved anything (a new run may replace it)."""
+        try:
+            failed = self.read_state().get("status") == "failed"
+        except RunDirError:
+            return False
+        return failed and not self.has_results()
+
+    def clear_attempt(self) -> None:
+        """Remove what a run that saved no checkpoint left behind (its config, state,
+        metrics and TensorBoard files), saying so: the new run takes its place. The
+        folder's other files (a sweep's ``train.log`` and ``resources.json``) stay."""
+        left = [self.path / name for name in ATTEMPT_FILES if (self.path / name).exists()]
+        if not left:
+            return
+        try:
+            before = self.read_state().get("status", "unknown")
+        except RunDirError:
+            before = "unreadable"
+        log.warning(
+            "%s held a run that saved no checkpoint (status: %s); this run replaces it",
+            self.path,
+            before,
+        )
+        for path in left:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        self.remove_stale_temp_files()
+
+    def open(self, config: Config, resume: bool) -> None:
+        """Create the folder of :func:`choose_run_folder`. A new run takes the place of
+        one that saved no checkpoint (:meth:`clear_attempt`)."""
+        if not self.writable:
+            return
+        make_folder(self.path)
+        if not resume:
+            self.clear_attempt()
 
     # --- what the folder holds -----------------------------------------------------------
     def require_run(self, doing: str = "") -> None:
@@ -340,8 +392,10 @@ class RunFolder:
             self._tensorboard = None
 
 
-def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
-    """The run folder to write into; refuses to overwrite results unless resuming."""
+def choose_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
+    """The run folder ``config`` would train into, or a RunDirError saying why it may
+    not; creates nothing. Sets ``config.out_dir`` (by default ``runs/<time>-<name>``; with
+    ``force_new``, a free folder beside one that holds results)."""
     if config.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
@@ -365,7 +419,6 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
             )
         folder = RunFolder(unique_folder(path))
         config.out_dir = str(folder.path)
-    make_folder(folder.path)
     return folder
 
 

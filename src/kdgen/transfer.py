@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdgen.build import load_data, load_model, resolve_device
+from kdgen.build import image_hw, load_data, load_model, resolve_device
 from kdgen.config import Config
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
@@ -371,10 +371,10 @@ def transfer_run(
     config = folder.read_config()
     source = load_data(config)
     torch_device = resolve_device(device)
-    size = source.image_size
-    size = (size, size) if isinstance(size, int) else size
     adapter = InputAdapter(
-        source.in_channels, size, resolve_channels_last(config.channels_last, torch_device)
+        source.in_channels,
+        image_hw(source),
+        resolve_channels_last(config.channels_last, torch_device),
     )
     adaptation = adapter.describe(target.in_channels, target.image_size)
     train = _subset(target.train, train_subset, derive_seed("transfer-train", seed))
