@@ -140,7 +140,7 @@ CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
         _out("train", lambda tmp: _a_file(tmp) / "run"),
         ("cannot create --out", "a part of the path is a file"),
     ),
-    "train --out unwritable": (_out("train", _unwritable), ("cannot write",)),
+    "train --out unwritable": (_out("train", _unwritable), ("cannot write into",)),
     "export --out unwritable": (_out("export", _unwritable), ("cannot write", "gen0")),
     "report --out unwritable": (_out("report", _unwritable), ("cannot write",)),
     "corrupt checkpoint": (_corrupt_checkpoint, ("gen0.pt", "corrupt")),

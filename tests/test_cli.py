@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from kdgen.cli import main
+from kdgen.config import build_config, to_yaml
 from kdgen.errors import one_line
+from kdgen.runs import RunFolder
 from tests.conftest import FAST
 
 
@@ -147,3 +151,35 @@ def test_unknown_options_are_still_refused(capsys: pytest.CaptureFixture[str]) -
 def test_one_line_folds_a_multi_line_message() -> None:
     error = ValueError("while parsing a block\n  in line 2:\texpected ':'\n\n")
     assert one_line(error) == "while parsing a block in line 2: expected ':'"
+
+
+@pytest.mark.slow
+def test_a_second_writer_of_a_run_folder_gets_one_line_naming_the_first(tmp_path: Path) -> None:
+    """This process holds the run folder, as a training would; ``kdgen train --resume`` of
+    the same folder is refused in one line that names this process, and changes nothing."""
+    run = tmp_path / "run"
+    config = build_config("smoke", [*FAST, "generations=0", f"out_dir={run}"])
+    folder = RunFolder(run)
+    folder.write_text(folder.config_path, to_yaml(config))
+    folder.write_state("interrupted")
+    folder.open(config, resume=True)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "kdgen", "train", "--resume", str(run)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    finally:
+        folder.close()
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    holder = f"kdgen pid {os.getpid()} on host {socket.gethostname()}"
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("kdgen: error")]
+    assert errors == [
+        f"kdgen: error: {run} is being written by {holder}; wait for that run to end or stop "
+        f"it, then resume with: kdgen train --resume {run}"
+    ]
+    assert after == before

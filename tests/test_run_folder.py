@@ -4,6 +4,7 @@ and the checkpoint identity check (``kdgen.runs``)."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -12,7 +13,13 @@ import pytest
 from kdgen.config import build_config, config_from_yaml, config_hash, to_yaml
 from kdgen.data.download import download_file
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
-from kdgen.runs import RunFolder, atomic_write_text, check_identity, save_checkpoint
+from kdgen.runs import (
+    RunFolder,
+    atomic_write_text,
+    check_identity,
+    choose_run_folder,
+    save_checkpoint,
+)
 
 
 def test_a_folder_without_config_holds_no_run(tmp_path: Path) -> None:
@@ -98,3 +105,18 @@ def test_a_downloaded_file_gets_the_mode_a_plain_open_gives(tmp_path: Path) -> N
         os.umask(previous)
     assert path.read_bytes() == b"data"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_one_writer_at_a_time_holds_the_run_folder(tmp_path: Path) -> None:
+    """The first writer's lock names it; a second is refused in one line; once the first
+    closes the folder (or dies: the OS drops an flock), the next writer gets it."""
+    config = build_config("smoke", [f"out_dir={tmp_path / 'run'}"])
+    first = choose_run_folder(config, resume=False, force_new=False)
+    first.open(config, resume=False)
+    second = RunFolder(tmp_path / "run")
+    holder = f"kdgen pid {os.getpid()} on host {socket.gethostname()}"
+    with pytest.raises(RunDirError, match=f"is being written by {holder}; wait for"):
+        second.open(config, resume=False)
+    first.close()
+    second.open(config, resume=False)
+    second.close()

@@ -169,7 +169,7 @@ def train_generations(
     digest = provenance.digest
     data = prepare_data(config, device, dataset, dist, numerics.channels_last)
     evaluation = evaluation_settings(config, dataset)
-    dist.run_on_main(lambda: folder.open(config, resume))  # created by rank 0
+    dist.run_on_main(lambda: folder.open(config, resume))  # created and locked by rank 0
     try:
         summary = folder.read_summary() if resume else None
         if not summary or summary.get("config_hash") != digest:
@@ -208,7 +208,7 @@ def train_generations(
         folder.write_state(status, reason=f"{type(error).__name__}: {error}")
         raise
     finally:
-        folder.close()  # TensorBoard flushed
+        folder.close()  # TensorBoard flushed, the folder's lock released
     dist.barrier()  # the run folder is complete for every rank (and, in a sweep, the next run)
     return RunResult(folder.path, dist.broadcast_object(summary))
 

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LOCK_FILE = ".lock"
 # What a run leaves before its first checkpoint (see RunFolder.clear_attempt).
 ATTEMPT_FILES = ("config.yaml", "run.json", "classes.json", "metrics.jsonl", "metrics.csv", "tb")
 
@@ -137,6 +140,57 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
 
 
+class RunLock:
+    """The writer lock of a run folder: an exclusive ``fcntl.flock`` on ``RUN/.lock``,
+    which the OS releases when the holding process ends, however it ends (so a Slurm
+    requeue or a rerun after a crash finds it free). The file names its holder (pid and
+    host) for the one line a second writer gets."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Hold the lock, or raise RunDirError naming the process that holds it. Where the
+        file system has no locks, warn and go on without one."""
+        if self._file is not None:
+            return
+        try:
+            file = self.path.open("a+")  # "a+": the holder's line is read before it changes
+        except OSError as error:
+            raise RunDirError(
+                f"cannot write into {self.path.parent} ({os.strerror(error.errno)}); "
+                "choose a folder you can write"
+            ) from None
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise RunDirError(
+                f"{self.path.parent} is being written by {holder}; wait for that run to end "
+                f"or stop it, then resume with: kdgen train --resume {self.path.parent}"
+            ) from None
+        except OSError as error:
+            log.warning(
+                "cannot lock %s (%s): nothing stops a second process from writing this run",
+                self.path,
+                os.strerror(error.errno) if error.errno else error,
+            )
+        file.truncate(0)
+        file.write(f"kdgen pid {os.getpid()} on host {socket.gethostname()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is None:
+            return
+        self._file.truncate(0)
+        self._file.close()  # closing the file releases the flock
+        self._file = None
+
+
 class RunFolder:
     """Reads and writes one run folder. Only the process that owns the run writes: with
     ``writable=False`` (the other ranks of a distributed run) every write is skipped."""
@@ -152,6 +206,7 @@ class RunFolder:
         self.log_path = self.path / "train.log"
         self.resources_path = self.path / "resources.json"
         self._tensorboard: Any = None
+        self._lock = RunLock(self.path)
 
     def logits_path(self, generation: int) -> Path:
         return self.path / "logits" / f"gen{generation}.pt"
@@ -245,13 +300,21 @@ class RunFolder:
         self.remove_stale_temp_files()
 
     def open(self, config: Config, resume: bool) -> None:
-        """Create the folder of :func:`choose_run_folder`. A new run takes the place of
-        one that saved no checkpoint (:meth:`clear_attempt`)."""
+        """Create the folder of :func:`choose_run_folder` and take its writer lock
+        (:class:`RunLock`, released by :meth:`close` or the process's end), then check it
+        again under the lock: another process may have written it meanwhile. A new run
+        takes the place of one that saved no checkpoint (:meth:`clear_attempt`)."""
         if not self.writable:
             return
         make_folder(self.path)
-        if not resume:
-            self.clear_attempt()
+        self._lock.acquire()
+        try:
+            choose_run_folder(config, resume, force_new=False)
+            if not resume:
+                self.clear_attempt()
+        except BaseException:
+            self.close()
+            raise
 
     # --- what the folder holds -----------------------------------------------------------
     def require_run(self, doing: str = "") -> None:
@@ -387,9 +450,11 @@ class RunFolder:
                 self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
 
     def close(self) -> None:
+        """Flush TensorBoard and release the writer lock."""
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+        self._lock.release()
 
 
 def choose_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
