@@ -94,7 +94,11 @@ def test_train_then_eval_recomputes_the_same_test_metrics(
     assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     code, out, _ = _run(capsys, "status", str(run))
-    assert code == 0 and json.loads(out)["status"] == "finished"
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["process", "seed", "state", "generation", "epoch", "test", "top-1"]
+    top1 = f"{summary['generations'][-1]['test']['top1']:.4f}"
+    assert row.split() == ["D(0.6,0.6)", "0", "finished", "1", "2", top1]
 
 
 @pytest.mark.slow
@@ -151,6 +155,54 @@ def test_unknown_options_are_still_refused(capsys: pytest.CaptureFixture[str]) -
 def test_one_line_folds_a_multi_line_message() -> None:
     error = ValueError("while parsing a block\n  in line 2:\texpected ':'\n\n")
     assert one_line(error) == "while parsing a block in line 2: expected ':'"
+
+
+def test_status_of_a_failed_run_is_a_row_and_its_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = RunFolder(tmp_path)
+    folder.write_text(folder.config_path, to_yaml(build_config("smoke", ["regularizer=lsr"])))
+    folder.write_state("failed", generation=1, epoch=3, reason="NumericalError: diverged")
+    code, out, _ = _run(capsys, "status", str(tmp_path))
+    assert code == 0
+    assert out.splitlines() == [
+        "process         seed  state   generation  epoch  test top-1",
+        "D(0.6,0.6):lsr  0     failed  1           3      -",
+        "D(0.6,0.6):lsr seed 0: NumericalError: diverged",
+    ]
+
+
+def test_dry_run_checks_and_describes_the_run_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "smoke", *FAST, "generations=1", "--dry-run", "--out", str(run)]
+    code, out, _ = _run(capsys, *argv, "generation_schedules={0: {epochs: 3}}")
+    assert code == 0 and not run.exists()
+    config_text = out[: out.index("\nwould train")]
+    assert "generations: 1" in config_text and f"out_dir: {run}" in config_text
+    lines = out[out.index("would train") :].splitlines()
+    assert lines[0] == (
+        "would train M_0 ... M_1 of tiny_cnn (30,196 parameters) on synthetic (100 classes, "
+        "3 channels), 14 steps an epoch of 50 images"
+    )
+    assert lines[1] == (
+        "  generation 0: 3 epochs, lr 0.1 (cosine), patriarch loss: eta=0.6, regularizer=tsd, "
+        "k=5, regularizer_form=convex"
+    )
+    assert lines[2] == (
+        "  generation 1: 2 epochs, lr 0.1 (cosine), student loss: lam=0.6, temperature=1.0"
+    )
+    assert lines[-1] == f"run folder: {run} (new); nothing was written (--dry-run)"
+    code, _, err = _run(capsys, *argv, "model=ResNet20")
+    assert code == 2 and "did you mean: resnet20" in err and not run.exists()
+
+
+def test_config_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "config", "smoke", "seed=3", "process=D(0.7,0.6)")
+    assert code == 0
+    assert out == to_yaml(build_config("smoke", ["seed=3", "process=D(0.7,0.6)"]))
+    assert "seed: 3" in out.splitlines() and "eta: 0.7" in out.splitlines()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,29 @@ def test_process_out_of_range(text: str) -> None:
 def test_unknown_keys(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
         build_config("smoke", overrides)
+
+
+@pytest.mark.parametrize(
+    ("override", "suggested"),
+    [
+        ("schedule.epoch=3", "schedule.epochs, schedule.warmup_epochs"),  # in its section
+        ("lr=0.01", "schedule.lr"),  # by its last part, in another section
+        ("modle=resnet20", "model"),
+        ("regulariser=lsr", "regularizer"),
+        ("data.batchsize=32", "data.batch_size, data.eval_batch_size"),
+        ("schedul.lr=0.1", "schedule, schedule.scheduler"),  # a section, or a leaf
+        ("generation_schedules={0: {epoch: 3}}", "epochs"),  # within a generation's schedule
+    ],
+)
+def test_an_unknown_key_suggests_the_closest_known_keys(override: str, suggested: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"; did you mean: {suggested}?")):
+        build_config("smoke", [override])
+
+
+def test_an_unknown_key_far_from_every_key_suggests_none() -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config("smoke", ["colour=red"])
+    assert str(error.value) == "unknown config key 'colour' (every key: kdgen config PRESET)"
 
 
 def test_unknown_keys_from_dict() -> None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from dataclasses import replace
 
 import pytest
 import torch
 
 from kdgen.build import build_model, prepare_data
 from kdgen.config import ScheduleConfig, build_config
-from kdgen.engine import EvalSettings, Hooks, freeze, lr_factor, predict, train_generation
+from kdgen.engine import (
+    EvalSettings,
+    Hooks,
+    TrainSettings,
+    freeze,
+    lr_factor,
+    predict,
+    train_generation,
+)
 from kdgen.models import create_model
 from kdgen.policy import make_loss
 from tests.conftest import FAST
@@ -130,3 +141,33 @@ def test_linear_warmup_rises_to_one() -> None:
     assert factors == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert lr_factor(schedule, 10, 5) == pytest.approx(1.0)
     assert math.isclose(lr_factor(schedule, 49, 5), 0.5 * (1 + math.cos(math.pi * 7.8 / 8)))
+
+
+def test_without_a_progress_bar_each_epoch_logs_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = build_config("smoke", [*FAST, "schedule.epochs=2"])
+    data = prepare_data(config, CPU)
+    model = build_model(config, data.dataset, 0, CPU)
+    with caplog.at_level(logging.INFO, logger="kdgen"):
+        train_generation(
+            model, data.train_loader, data.eval_loaders, config.schedule, make_loss(config, 0)
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    number = r"\d\.\d{3}"
+    for epoch, line in enumerate(lines, 1):
+        splits = ("val", "test", "train_eval")
+        metrics = f"loss {number}, acc {number}, " + ", ".join(f"{s}_acc {number}" for s in splits)
+        assert re.fullmatch(rf"gen 0 epoch {epoch}/2: {metrics} \(\d+\.\ds\)", line), line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kdgen"):
+        train_generation(
+            model,
+            data.train_loader,
+            {},
+            replace(config.schedule, epochs=1),
+            make_loss(config, 0),
+            settings=TrainSettings(progress=True),
+        )
+    assert not caplog.records  # the bar shows the epochs instead

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,7 +104,10 @@ def test_a_failing_run_stops_neither_the_others_nor_the_report(
     assert run_status(good.path) == "finished"
     assert "kdgen: error:" in (Path(bad.path) / "train.log").read_text()
     assert not (Path(child.path) / "train.log").exists()  # its patriarch never existed
-    assert f"run failed: {bad.path} (log: {Path(bad.path) / 'train.log'})" in err
+    # The run's error, the last line of its train.log, beside "failed":
+    error = "kdgen: error: CIFAR-100 not found: looked for /nonexistent/cifar-100-python/"
+    assert re.search(rf"D\(1\.0,0\.0\) seed 0: failed in \d+\.\ds: {re.escape(error)}", out)
+    assert f"run failed: {bad.path}: {error}" in err and f"(log: {bad.path}/train.log)" in err
     assert f"run failed: {child.path}" in err
     table = out[out.index("process  ") :].splitlines()
     assert [line.split()[2] for line in table[1:4]] == ["finished", "failed", "failed"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import logging
 import os
 import sys
@@ -18,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdgen.errors import KdgenError, one_line
+from kdgen.errors import ERROR_PREFIX, KdgenError, one_line
 from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
+    from kdgen.config import Config
     from kdgen.executors import Executor
     from kdgen.sweep import SweepRun
 
@@ -55,6 +55,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.out:
             overrides = [*overrides, f"out_dir={args.out}"]
         config = build_config(source, overrides)
+    if args.dry_run:
+        print(describe_run(config, resume=bool(args.resume), force_new=args.force_new))
+        return 0
     try:
         with _stop_signals(), distributed.launch(config.device) as dist:
             result = train_generations(
@@ -68,6 +71,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(generations_table([result.summary]))
     print(f"run folder: {result.path}")
     return 0
+
+
+def describe_run(config: Config, resume: bool = False, force_new: bool = False) -> str:
+    """What ``kdgen train`` would do with ``config``, after every check it makes before
+    writing (:func:`kdgen.build.preflight`): the resolved config, the model and data, each
+    generation's schedule and loss, the numerics and the run folder. Writes nothing."""
+    from kdgen.build import preflight, resolve_device, run_numerics
+    from kdgen.config import to_yaml
+    from kdgen.policy import generation_schedule, loss_settings
+    from kdgen.provenance import begin_run
+    from kdgen.runs import choose_run_folder
+
+    folder = choose_run_folder(config, resume, force_new)
+    device = resolve_device(config.device)
+    recorded = folder.read_state() if resume else {}
+    numerics = run_numerics(config, device, recorded)
+    checked = preflight(config, device, numerics)
+    begin_run(config, device, recorded)  # a resume under another seeding scheme is refused
+    data = checked.dataset
+    saved = folder.finished_generations() if resume else []
+    lines = [
+        "# the resolved config (a valid input to kdgen train)",
+        to_yaml(config).rstrip(),
+        "",
+        f"would train M_0 ... M_{config.generations} of {config.model} "
+        f"({checked.parameters:,} parameters) on {config.data.name} ({data.num_classes} "
+        f"classes, {data.in_channels} channels), {checked.steps_per_epoch} steps an epoch "
+        f"of {config.data.batch_size} images",
+    ]
+    for generation in range(config.generations + 1):
+        schedule = generation_schedule(config, generation)
+        loss = loss_settings(config, generation)
+        how = ", ".join(f"{key}={value}" for key, value in loss.items() if key != "generation_role")
+        if generation in saved:
+            what = "saved already"
+        elif generation == 0 and config.patriarch:
+            what = f"loaded from patriarch={config.patriarch}"
+        else:
+            what = (
+                f"{schedule.epochs} epochs, lr {schedule.lr:g} ({schedule.scheduler}), "
+                f"{loss['generation_role']} loss: {how}"
+            )
+        lines.append(f"  generation {generation}: {what}")
+    lines.append(f"device {device}, precision {numerics.precision}, {numerics.layout} layout")
+    state = "resumed" if resume else "reused" if folder.path.exists() else "new"
+    lines.append(f"run folder: {folder.path} ({state}); nothing was written (--dry-run)")
+    return "\n".join(lines)
 
 
 def _reuse_note(out_dir: str | None) -> str:
@@ -176,7 +226,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(outcomes_table(outcomes))
     failed = [o for o in outcomes if o.state == "failed"]
     for outcome in failed:
-        print(f"kdgen: run failed: {outcome.run.path} (log: {outcome.log})", file=sys.stderr)
+        error = f": {outcome.error}" if outcome.error else ""
+        print(f"kdgen: run failed: {outcome.run.path}{error} (log: {outcome.log})", file=sys.stderr)
     print(f"sweep folder: {out}  (tables and figures: kdgen report {out})")
     return exit_status(outcomes)
 
@@ -296,15 +347,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from kdgen.runs import RunFolder
-    from kdgen.sweep import format_status, is_sweep_folder, sweep_status
+    from kdgen.sweep import folder_status, format_status, is_sweep_folder, sweep_status
 
-    if is_sweep_folder(Path(args.run_dir)):
-        print(format_status(sweep_status(Path(args.run_dir))))
+    path = Path(args.run_dir)
+    if is_sweep_folder(path):
+        print(format_status(sweep_status(path)))
         return 0
-    folder = RunFolder(args.run_dir)
-    if not folder.state_path.exists():
+    if not RunFolder(path).state_path.exists():
         raise KdgenError(f"{args.run_dir} holds no run (no run.json)")
-    print(json.dumps(folder.read_state(), indent=2))
+    print(format_status([folder_status(path)]))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from kdgen.config import build_config, to_yaml
+
+    print(to_yaml(build_config(args.preset, args.overrides)), end="")
     return 0
 
 
@@ -326,7 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if the run folder holds results, write into a new folder beside it",
     )
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything, print the resolved config and what would run; write nothing",
+    )
     train.set_defaults(func=cmd_train)
+
+    config = sub.add_parser("config", help="print the resolved config of a preset and overrides")
+    config.add_argument("preset", help="a preset name or a YAML config file")
+    config.add_argument("overrides", nargs="*", help="key=value config overrides")
+    config.set_defaults(func=cmd_config)
 
     evaluate = sub.add_parser("eval", help="recompute test metrics from a run's checkpoints")
     evaluate.add_argument("run_dir")
@@ -448,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         if _prints():
-            print(f"kdgen: error: {one_line(error)}", file=sys.stderr)
+            print(f"{ERROR_PREFIX} {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingStopped as stopped:
         return _report_stop(stopped)
@@ -457,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None or args.debug:
             raise
         if _prints():
-            print(f"kdgen: error: {message}", file=sys.stderr)
+            print(f"{ERROR_PREFIX} {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         if _prints():

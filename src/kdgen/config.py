@@ -236,12 +236,41 @@ def config_from_yaml(text: str, source: str = "<yaml>") -> Config:
     return validate(config)
 
 
-def _omegaconf_message(error: OmegaConfBaseException) -> str:
+def _omegaconf_message(error: OmegaConfBaseException, schema: DictConfig) -> str:
     key = getattr(error, "full_key", None)
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "not in struct" in first or ("Key '" in first and "not" in first):
-        return f"unknown config key '{key}' (see: kdgen presets, or docs of the Config schema)"
+        hint = _did_you_mean(str(key), _known_keys(OmegaConf.to_container(schema)))
+        return f"unknown config key '{key}'{hint} (every key: kdgen config PRESET)"
     return f"config key '{key}': {first}" if key else first
+
+
+def _known_keys(values: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a schema's defaults, sections and their keys."""
+    keys = []
+    for key, value in values.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, Mapping) and value:
+            keys += _known_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    """'; did you mean: ...?' with up to three known keys close to ``key``: in its own
+    section, then anywhere by its last part (``lr`` -> ``schedule.lr``), then as a whole
+    (``schedul.lr`` -> ``schedule.lr``); empty when none is close."""
+    parent, _, leaf = key.rpartition(".")
+    known = [name for name in known if not key.startswith(f"{name}.")]  # not its sections
+    leaves: dict[str, list[str]] = {}
+    for name in known:
+        leaves.setdefault(name.rpartition(".")[2], []).append(name)
+    siblings = [name for name in known if name.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(key, siblings, n=3, cutoff=0.75)
+    for match in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.8):
+        close += leaves[match]
+    close += difflib.get_close_matches(key, known, n=3, cutoff=0.8)
+    close = list(dict.fromkeys(close))[:3]
+    return f"; did you mean: {', '.join(close)}?" if close else ""
 
 
 def _failing_key(schema: Any, sources: tuple[Any, ...], prefix: str = "") -> str | None:
@@ -268,7 +297,7 @@ def _merge_to_object(schema: DictConfig, *sources: Any, where: str = "") -> Any:
         return OmegaConf.to_object(OmegaConf.merge(schema, *sources))
     except Exception as error:
         if isinstance(error, OmegaConfBaseException) and getattr(error, "full_key", None):
-            message = _omegaconf_message(error)
+            message = _omegaconf_message(error, schema)
         else:
             key = _failing_key(schema, sources)
             detail = one_line(error) or type(error).__name__

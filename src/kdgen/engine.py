@@ -10,6 +10,7 @@ shard of the evaluation logits, so every rank sees the metrics of the whole spli
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ from kdgen.metrics import classification_metrics
 from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
 from kdgen.seeding import restore_rng_state, rng_state
+
+logger = logging.getLogger("kdgen")
 
 LossTerms = dict[str, torch.Tensor]
 """A loss and its parts: ``"loss"`` (the total that is minimised) and named components
@@ -375,8 +378,10 @@ def _evaluate_all(
 class TrainSettings:
     """How :func:`train_generation` runs, the same for every generation of a run.
 
-    ``progress`` shows a tqdm bar. ``dist`` holds the ranks (see :mod:`kdgen.distributed`);
-    ``sync_batchnorm`` makes BatchNorm use global-batch statistics under DDP.
+    ``progress`` shows a tqdm bar; without it, rank 0 logs one line an epoch (the
+    ``kdgen`` logger, at INFO: a sweep's ``train.log`` shows it). ``dist`` holds the
+    ranks (see :mod:`kdgen.distributed`); ``sync_batchnorm`` makes BatchNorm use
+    global-batch statistics under DDP.
     ``stop_requested`` is a cheap predicate polled after each optimiser step (preemption).
     A gradient norm above ``max_grad_norm`` (None: no bound) or a non-finite loss stops
     training; the host reads the device's flags every ``check_every`` steps.
@@ -502,6 +507,11 @@ def train_generation(
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
         bar.update(1)
         bar.set_postfix(postfix)
+        if not settings.progress and dist.is_main():  # no bar: one line an epoch (a log)
+            summary = ", ".join(f"{name} {value}" for name, value in postfix.items())
+            logger.info(
+                f"gen {generation} epoch {epoch}/{schedule.epochs}: {summary} ({seconds:.1f}s)"
+            )
         save({})
         if epoch < schedule.epochs and stop():
             bar.close()

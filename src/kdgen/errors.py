@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+ERROR_PREFIX = "kdgen: error:"  # how the command line's one-line errors begin
+
 
 class KdgenError(Exception):
     """Base class of every user-facing kdgen error."""

@@ -42,6 +42,7 @@ class RunOutcome:
     seconds: float = 0.0
     top1: float | None = None
     detail: str = ""
+    error: str = ""  # a failed run's error: the last line of its train.log
 
     @property
     def log(self) -> Path:
@@ -309,13 +310,15 @@ def _outcome(job: _Job, code: int) -> RunOutcome:
     if code == 0:
         return RunOutcome(job.run, "finished", seconds, top1)
     state = "interrupted" if code in (130, 143, -signal.SIGINT, -signal.SIGTERM) else "failed"
-    return RunOutcome(job.run, state, seconds, top1, detail=f"exit status {code}")
+    error = (RunFolder(job.run.path).last_log_line() or "") if state == "failed" else ""
+    return RunOutcome(job.run, state, seconds, top1, detail=f"exit status {code}", error=error)
 
 
 def _finish_line(outcome: RunOutcome) -> str:
     top1 = "" if outcome.top1 is None else f", test top-1 {outcome.top1:.4f}"
+    error = f": {outcome.error}" if outcome.error else ""
     detail = f" ({outcome.detail}, log: {outcome.log})" if outcome.state != "finished" else ""
-    return f"{_name(outcome.run)}: {outcome.state} in {outcome.seconds:.1f}s{top1}{detail}"
+    return f"{_name(outcome.run)}: {outcome.state} in {outcome.seconds:.1f}s{top1}{error}{detail}"
 
 
 def outcomes_table(outcomes: list[RunOutcome]) -> str:

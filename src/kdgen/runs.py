@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = 1
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 LOCK_FILE = ".lock"
+LOG_TAIL_BYTES = 8192  # enough for the last line of a train.log
 # What a run leaves before its first checkpoint (see RunFolder.clear_attempt).
 ATTEMPT_FILES = ("config.yaml", "run.json", "classes.json", "metrics.jsonl", "metrics.csv", "tb")
 
@@ -365,6 +366,18 @@ class RunFolder:
         if status in ("running", "finished") and "reason" not in fields:
             state.pop("reason", None)  # the reason of an earlier stop no longer holds
         atomic_write_json(self.state_path, state)
+
+    def last_log_line(self) -> str | None:
+        """The last line of ``train.log`` (for a run that failed: its one-line error, or
+        the last line of its traceback); None without a log."""
+        try:
+            with self.log_path.open("rb") as file:
+                file.seek(max(0, file.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                tail = file.read().decode(errors="replace")
+        except FileNotFoundError:
+            return None
+        lines = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+        return lines[-1] if lines else None
 
     def read_resources(self) -> dict[str, Any]:
         return self._read_json(self.resources_path) or {}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kdgen.config import build_config, parse_process, process_slug
-from kdgen.errors import ConfigError, RunDirError
+from kdgen.errors import ERROR_PREFIX, ConfigError, RunDirError
 from kdgen.losses import REGULARIZERS
 from kdgen.policy import patriarch_key
 from kdgen.runs import RunFolder, atomic_write_json
@@ -183,26 +183,41 @@ STATUS_COLUMNS = ("process", "seed", "state", "generation", "epoch", "test top-1
 
 
 def sweep_status(out: Path) -> list[dict[str, Any]]:
-    """One row per run of the sweep in ``out``: its state (waiting, running, interrupted,
-    finished, failed), the generation and epoch it reached and its last test top-1."""
+    """One row per run of the sweep in ``out`` (see :func:`run_row`)."""
     _, runs, _ = read_plan(out)
-    return [_run_row(run) for run in runs]
+    return [run_row(run.path, run.label, run.seed) for run in runs]
 
 
-def _run_row(run: SweepRun) -> dict[str, Any]:
-    folder = RunFolder(run.path)
+def folder_status(path: Path) -> dict[str, Any]:
+    """The :func:`run_row` of one run folder, labelled by its config's process."""
+    config = RunFolder(path).read_config()
+    label = (
+        config.process if config.regularizer == "tsd" else f"{config.process}:{config.regularizer}"
+    )
+    return run_row(path, label, config.seed)
+
+
+def run_row(path: str | Path, label: str, seed: int) -> dict[str, Any]:
+    """A run's state (waiting, running, interrupted, finished, failed), the generation and
+    epoch it reached, its last test top-1 and, when it failed, its error: the last line of
+    its ``train.log`` (a sweep's runs), else the reason in its ``run.json``."""
+    folder = RunFolder(path)
     state = folder.read_state() if folder.state_path.exists() else {}
     status = state.get("status") or "waiting"
+    last_line = folder.last_log_line()
+    if status == "waiting" and last_line and last_line.startswith(ERROR_PREFIX):
+        status = "failed"  # refused before it wrote anything
     if status == "running" and not _may_be_alive(folder):
         status = "interrupted"  # killed without a chance to say so
     tests = [r for r in folder.read_metrics() if r.get("split") == "test"]
     return {
-        "process": run.label,
-        "seed": run.seed,
+        "process": label,
+        "seed": seed,
         "state": status,
         "generation": state.get("generation"),
         "epoch": state.get("epoch"),
         "test top-1": tests[-1].get("top1") if tests else None,
+        "error": (last_line or state.get("reason")) if status == "failed" else None,
     }
 
 
@@ -239,7 +254,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`sweep_status` rows."""
+    """A plain-text table of :func:`run_row` rows, then the error of each failed run."""
     cells = [
         [
             "-" if row[c] is None else f"{row[c]:.4f}" if c == "test top-1" else str(row[c])
@@ -249,7 +264,11 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     ]
     table = [list(STATUS_COLUMNS), *cells]
     widths = [max(len(line[i]) for line in table) for i in range(len(STATUS_COLUMNS))]
-    return "\n".join(
+    lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in table
-    )
+    ]
+    errors = [
+        f"{row['process']} seed {row['seed']}: {row['error']}" for row in rows if row.get("error")
+    ]
+    return "\n".join([*lines, *errors])
