@@ -9,6 +9,7 @@ once (:func:`kdgen.policy.patriarch_key`).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from kdgen.config import build_config, process_slug
@@ -40,7 +41,7 @@ def run_demo(
         )
         key = patriarch_key(config)
         if key in patriarchs:
-            config.patriarch = str(patriarchs[key])
+            config = replace(config, patriarch=str(patriarchs[key]))
         print(
             f"== {process}: {config.generations + 1} generations of {config.model} "
             f"on {config.data.name} -> {config.out_dir}",

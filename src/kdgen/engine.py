@@ -24,16 +24,11 @@ from kdgen.config import ScheduleConfig
 from kdgen.data.tensors import DeviceLoader
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.errors import NumericalError
+from kdgen.losses import LossFn, LossTerms, as_terms
 from kdgen.metrics import classification_metrics
 from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
 from kdgen.seeding import restore_rng_state, rng_state
-
-LossTerms = dict[str, torch.Tensor]
-"""A loss and its parts: ``"loss"`` (the total that is minimised) and named components
-such as ``"loss_ce"``, ``"loss_reg"``, ``"loss_kd"``; every entry is a batch mean."""
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], "LossTerms | torch.Tensor"]
-"""(student logits, targets, teacher logits) -> the loss, or the loss and its parts."""
 
 
 class Hooks:
@@ -157,11 +152,6 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
         logits = teacher(images)
     # Inference tensors cannot take part in autograd; a float32 copy outside the mode can.
     return logits.to(torch.float32, copy=True)
-
-
-def as_terms(loss: LossTerms | torch.Tensor) -> LossTerms:
-    """A loss function's result as terms: a bare tensor is ``{"loss": tensor}``."""
-    return loss if isinstance(loss, dict) else {"loss": loss}
 
 
 @dataclass

@@ -1,24 +1,59 @@
-"""The D(eta, lambda) policy: which loss each generation trains with, and when two runs
-share a patriarch (docs/method.md).
+"""The D(eta, lambda) policy: the stages of a run, each stage's loss and schedule, and when
+two runs share a patriarch (docs/method.md).
 
-The patriarch M_0 learns from ``eta * CE + (1 - eta) * R`` (a strict teacher at eta = 1,
-whatever the regulariser R), every student M_g from the ground truth and from M_{g-1}
-with weight ``lam``. Everything here is a pure function of the config.
+A run is a sequence of stages (:func:`plan_stages`): the generations M_0 ... M_G, each
+from fresh weights on the whole schedule. The patriarch M_0 learns from
+``eta * CE + (1 - eta) * R`` (a strict teacher at eta = 1, whatever the regulariser R),
+every student M_g from the ground truth and from M_{g-1} with weight ``lam``. Everything
+here is a pure function of the config.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from kdgen import losses
 from kdgen.config import Config, ScheduleConfig, effective_lr, schedule_for, to_dict
-from kdgen.engine import LossFn, as_terms
+from kdgen.losses import LossFn, LossTerms, as_terms
 
 DEFAULT_STUDENT_LOSS = "kd"
+
+
+@dataclass(frozen=True)
+class StageLoss:
+    """A stage's loss: ``terms(student logits, targets, teacher logits)`` gives the loss and
+    its named parts (``{"loss": total, "loss_ce": ..., "loss_reg"/"loss_kd": ...}``);
+    ``needs_teacher`` says whether a term reads the teacher's logits (if not, no teacher is
+    frozen and none runs forward); ``settings`` is what decides it, saved in checkpoints."""
+
+    terms: LossFn
+    needs_teacher: bool
+    settings: dict[str, Any]
+
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None
+    ) -> LossTerms | torch.Tensor:
+        return self.terms(logits, targets, teacher_logits)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model trained on one schedule segment: a generation (fresh weights, the whole
+    schedule). ``teaches``: its final model is frozen to teach the next stage."""
+
+    index: int
+    schedule: ScheduleConfig
+    loss: StageLoss
+    teaches: bool
+
+    @property
+    def teacher(self) -> int | None:
+        """The stage whose frozen final model teaches this one (None: no teacher)."""
+        return self.index - 1 if self.loss.needs_teacher else None
 
 
 def is_strict(eta: float) -> bool:
@@ -35,9 +70,34 @@ def patriarch_key(config: Config) -> tuple[object, ...]:
     return (config.eta, config.regularizer, config.k, config.regularizer_form)
 
 
+def last_stage(config: Config) -> int:
+    """The index of the last stage a run may train: G of ``generations``."""
+    return config.generations
+
+
+def plan_stages(config: Config) -> list[Stage]:
+    """Every stage of ``config``, in training order."""
+    last = last_stage(config)
+    losses_ = [make_loss(config, index) for index in range(last + 1)]
+    return [
+        Stage(
+            index=index,
+            schedule=generation_schedule(config, index),
+            loss=loss,
+            teaches=index < last and losses_[index + 1].needs_teacher,
+        )
+        for index, loss in enumerate(losses_)
+    ]
+
+
+def lr_record(stages: list[Stage]) -> dict[str, float]:
+    """The effective peak learning rate of each stage (``schedule.lr_scaling``)."""
+    return {str(stage.index): stage.schedule.lr for stage in stages}
+
+
 def is_tolerant(config: Config, generation: int) -> bool:
     """Whether the tolerance regulariser R applies to this generation's loss."""
-    teaches = generation < config.generations
+    teaches = generation < last_stage(config)
     return generation == 0 or (config.regularize_all_teachers and teaches)
 
 
@@ -63,10 +123,10 @@ def loss_settings(config: Config, generation: int) -> dict[str, Any]:
 def uses_teacher(config: Config, generation: int) -> bool:
     """Whether a term of this generation's loss reads the teacher's logits: a student's
     KD term, weighted lam. With lam = 0 no teacher is frozen and none runs forward."""
-    return generation > 0 and config.lam > 0
+    return make_loss(config, generation).needs_teacher
 
 
-def make_loss(config: Config, generation: int) -> LossFn:
+def make_loss(config: Config, generation: int) -> StageLoss:
     """The loss of one generation and its parts: the teacher loss for M_0, the student loss
     after it (``{"loss": total, "loss_ce": ..., "loss_reg"/"loss_kd": ...}``).
 
@@ -74,6 +134,12 @@ def make_loss(config: Config, generation: int) -> LossFn:
     with the tolerant teacher loss: (1 - lam) * [teacher loss] + lam * tau^2 * KL
     (our definition, docs/method.md "Where the regulariser applies").
     """
+    settings = loss_settings(config, generation)
+    needs_teacher = generation > 0 and config.lam > 0
+    return StageLoss(_loss_terms(config, generation, needs_teacher), needs_teacher, settings)
+
+
+def _loss_terms(config: Config, generation: int, needs_teacher: bool) -> LossFn:
     tolerant = functools.partial(
         losses.teacher_loss_terms,
         eta=config.eta,
@@ -86,8 +152,8 @@ def make_loss(config: Config, generation: int) -> LossFn:
         return lambda logits, targets, teacher_logits: tolerant(logits, targets)
     lam, tau = config.lam, config.temperature
     student_loss = losses.STUDENT_LOSSES[config.student_loss]
-    if not is_tolerant(config, generation) and not uses_teacher(config, generation):
-        # (1 - 0) * CE: the teacher's logits are not computed (see uses_teacher).
+    if not is_tolerant(config, generation) and not needs_teacher:
+        # (1 - 0) * CE: the teacher's logits are not computed (see StageLoss.needs_teacher).
         return lambda logits, targets, teacher_logits: losses.teacher_loss_terms(
             logits, targets, eta=1.0, validate=False
         )
