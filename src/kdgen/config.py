@@ -82,6 +82,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class SnapshotConfig:
+    """Snapshot distillation (docs/method.md, "Snapshot distillation"): ``cycles`` = C >= 2
+    splits one training of ``schedule.epochs`` into C cycles of a restarting cosine lr; the
+    last snapshot of each cycle teaches the next. 0: off."""
+
+    cycles: int = 0
+    # tau of the cycle students: the teacher's signal is softened (see docs/method.md).
+    temperature: float = 2.0
+    # Epochs of cycle 0 (null: all cycles equal); the others share the rest equally.
+    first_cycle_epochs: int | None = None
+
+
+@dataclass
 class Config:
     """A whole training-in-generations run. ``generations`` = G trains M_0 ... M_G."""
 
@@ -105,6 +118,7 @@ class Config:
     # The students' loss, by name (kdgen.losses.STUDENT_LOSSES): kd is the paper's Eq. 2.
     student_loss: str = "kd"
     patriarch: str | None = None
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     seed: int = 0
     device: str = "auto"
     # auto: bf16 autocast where the device computes bf16 natively, else fp32; or fp32, bf16.
@@ -374,6 +388,75 @@ def schedule_for(config: Config, generation: int) -> ScheduleConfig:
     )
 
 
+def cycle_epochs(config: Config) -> list[int]:
+    """The epochs of each snapshot cycle: ``snapshot.first_cycle_epochs`` for cycle 0 when
+    set, the rest of ``schedule.epochs`` split as evenly as it goes (earlier cycles take the
+    remainder); empty when snapshot distillation is off."""
+    snapshot, epochs = config.snapshot, config.schedule.epochs
+    first = snapshot.first_cycle_epochs
+    shared = snapshot.cycles if first is None else snapshot.cycles - 1
+    if shared <= 0:
+        return [] if first is None else [first]
+    base, extra = divmod(epochs if first is None else epochs - first, shared)
+    lengths = [base + (cycle < extra) for cycle in range(shared)]
+    return lengths if first is None else [first, *lengths]
+
+
+def _validate_snapshot(config: Config) -> None:
+    """Snapshot distillation's keys and the combinations that make no sense with it."""
+    snapshot = config.snapshot
+    if snapshot.cycles == 0:
+        _check(
+            snapshot == SnapshotConfig(),
+            "snapshot.temperature and snapshot.first_cycle_epochs need snapshot.cycles >= 2",
+        )
+        return
+    _check(
+        snapshot.cycles >= 2,
+        f"snapshot.cycles={snapshot.cycles}: one cycle has no teacher; use 0 (off) or >= 2",
+    )
+    _check(snapshot.temperature > 0, f"snapshot.temperature={snapshot.temperature} must be > 0")
+    _check(
+        config.generations == 0,
+        f"snapshot.cycles={snapshot.cycles} with generations={config.generations}: a snapshot "
+        "run's stages are its cycles; set generations=0",
+    )
+    why = {"temperature": " (cycle students use snapshot.temperature)"}
+    for key, value, unset in (
+        ("patriarch", config.patriarch, None),
+        ("generation_schedules", config.generation_schedules, {}),
+        ("temperature", config.temperature, 1.0),
+    ):
+        _check(
+            value == unset,
+            f"{key}={value!r} does not apply to snapshot.cycles={snapshot.cycles}"
+            f"{why.get(key, '')}; drop {key}",
+        )
+    _check(
+        config.schedule.scheduler == "cosine",
+        f"snapshot.cycles restarts a cosine lr every cycle: schedule.scheduler="
+        f"'{config.schedule.scheduler}' must be cosine",
+    )
+    first = snapshot.first_cycle_epochs
+    _check(
+        first is None or 1 <= first < config.schedule.epochs,
+        f"snapshot.first_cycle_epochs={first} must lie in [1, schedule.epochs)",
+    )
+    lengths = cycle_epochs(config)
+    _check(
+        min(lengths) >= 1,
+        f"schedule.epochs={config.schedule.epochs} is too short for snapshot.cycles="
+        f"{snapshot.cycles}"
+        + ("" if first is None else f" after snapshot.first_cycle_epochs={first}")
+        + ": a cycle must be at least one epoch",
+    )
+    _check(
+        config.schedule.warmup_epochs < lengths[0],
+        f"schedule.warmup_epochs={config.schedule.warmup_epochs} must be shorter than cycle 0 "
+        f"({lengths[0]} epochs)",
+    )
+
+
 def _validate_loss_names(config: Config) -> None:
     """Names that the losses' registries decide (:mod:`kdgen.losses` is the one list)."""
     from kdgen import losses  # imported here: reading a config needs no torch
@@ -458,6 +541,7 @@ def validate(config: Config) -> Config:
             f"[0, {config.generations}]",
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
+    _validate_snapshot(config)
     return config
 
 
@@ -487,6 +571,7 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "amp": None,
     "model_args": {},
     "student_loss": "kd",
+    "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
 }
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
@@ -536,12 +621,14 @@ __all__ = [
     "DataConfig",
     "ImageFolderConfig",
     "ScheduleConfig",
+    "SnapshotConfig",
     "SyntheticConfig",
     "build_config",
     "config_diff",
     "config_from_dict",
     "config_from_yaml",
     "config_hash",
+    "cycle_epochs",
     "effective_lr",
     "flatten_config",
     "format_process",

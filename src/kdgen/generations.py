@@ -34,7 +34,14 @@ from kdgen.build import (
 from kdgen.config import Config, config_hash, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import Distributed
-from kdgen.engine import EvalSettings, Hooks, evaluate, freeze, train_generation
+from kdgen.engine import (
+    EvalSettings,
+    GenerationResult,
+    Hooks,
+    evaluate,
+    freeze,
+    train_generation,
+)
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.metrics import ensemble_summaries
 from kdgen.policy import Stage, lr_record, patriarch_identity, plan_stages
@@ -259,28 +266,53 @@ def train_generations(
 
 
 def _train_stages(run: _Run, stages: list[Stage], summary: dict[str, Any]) -> int:
-    """Train (or load, if done) each stage in turn; a stage's final model is frozen as the
-    next one's teacher only when that stage's loss needs one. A stop signal on any rank
-    stops every rank at the same step (:meth:`Distributed.agreed`). Returns the index of
-    the last stage."""
+    """Train (or load, if done) each stage in turn. A stage hands the next its frozen copy
+    when the next one's loss needs a teacher, and a cycle its weights and optimiser state.
+    A stop signal on any rank stops every rank at the same step (:meth:`Distributed.agreed`).
+    Returns the index of the last stage."""
     stop_requested = run.dist.agreed(preemption.stop_requested)
     done = {entry["generation"] for entry in summary["generations"]}
-    teacher: nn.Module | None = None
+    handover = _Handover(-1, 0)
     for stage in stages:
         if stage.index in done and run.folder.generation_checkpoint(stage.index).exists():
             teacher = _load_teacher(run, stage) if stage.teaches else None
+            handover = _Handover(stage.index, stage.schedule.epochs, teacher)
             continue
         if stop_requested():
             raise TrainingStopped(stage.index, 0, 0)  # between stages: nothing to save
-        model, final, outputs, epochs = _train_stage(run, stage, teacher, stop_requested)
+        result, epochs = _train_stage(run, stage, handover, stop_requested)
+        model = result.model
+        entry = generation_entry(stage.index, result.final, epochs, stage.kind, stage.teacher)
         checkpoint = _model_checkpoint(run.config, run.data.dataset, stage, model, run.digest)
-        run.folder.save_stage(
-            summary, generation_entry(stage.index, final, epochs), checkpoint, outputs
-        )
+        run.folder.save_stage(summary, entry, checkpoint, result.outputs)
         run.dist.check_identical(model, f"M_{stage.index}")
         teacher = freeze(model) if stage.teaches else None
+        handover = _Handover(
+            stage.index, epochs, teacher, model.state_dict(), result.optimizer_state
+        )
         run.dist.barrier()  # rank 0's gen{i}.pt and logits are on disk for every rank
     return stages[-1].index
+
+
+@dataclass
+class _Handover:
+    """What stage ``index`` (trained for ``epochs``) passes to the next: its frozen copy
+    when the next one learns from it, and its final weights and optimiser state for a cycle
+    that carries them on (None after a resume: then they are read back from the run's
+    last saved state, the end of that stage)."""
+
+    index: int
+    epochs: int
+    teacher: nn.Module | None = None
+    weights: dict[str, torch.Tensor] | None = None
+    optimizer_state: dict[str, Any] | None = None
+
+    def carried(self, run: _Run) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The (weights, optimiser state) a following cycle starts from."""
+        if self.weights is not None and self.optimizer_state is not None:
+            return self.weights, self.optimizer_state
+        state = run.folder.stage_end_state(self.index, self.epochs, run.digest, run.config)
+        return state["model"], state["optimizer"]
 
 
 def _load_teacher(run: _Run, stage: Stage) -> nn.Module:
@@ -291,18 +323,23 @@ def _load_teacher(run: _Run, stage: Stage) -> nn.Module:
 
 
 def _train_stage(
-    run: _Run, stage: Stage, teacher: nn.Module | None, stop_requested: Callable[[], bool]
-) -> tuple[nn.Module, dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
-    """Train one stage (or load a shared patriarch): its model, final metrics, last
-    evaluation's outputs and epochs."""
+    run: _Run, stage: Stage, handover: _Handover, stop_requested: Callable[[], bool]
+) -> tuple[GenerationResult, int]:
+    """Train one stage (or load a shared patriarch): the engine's result and the epochs.
+    The model is built fresh (its init seeded by the stage); a cycle then loads the weights
+    it carries on, unless it resumes from a state of its own."""
     config, data = run.config, run.data
     model = run.build(stage.index)
     if stage.index == 0 and config.patriarch:
         model = _load_patriarch(config, data.dataset, run.device, run.numerics.channels_last)
         final, outputs = _evaluate_splits(model, data, run.evaluation, run.numerics, run.dist)
         final["train"], epochs = _patriarch_training(config)
-        return model, final, outputs, epochs
+        return GenerationResult(model, final, outputs), epochs
     resume_state = run.folder.resume_stage(stage.index, run.digest, config)
+    optimizer_state = None
+    if stage.carries_on and resume_state is None:
+        weights, optimizer_state = handover.carried(run)
+        model.load_state_dict(weights)
     data.train_loader.set_generation(stage.index)
     result = train_generation(
         model,
@@ -310,15 +347,16 @@ def _train_stage(
         data.eval_loaders,
         stage.schedule,
         stage.loss,
-        teacher=teacher,
+        teacher=handover.teacher,
         generation=stage.index,
         evaluation=run.evaluation,
         precision=run.numerics.precision,
         hooks=run.hooks,
         resume_state=resume_state,
         settings=train_settings(config, run.dist, stop_requested),
+        optimizer_state=optimizer_state,
     )
-    return model, result.final, result.outputs, stage.schedule.epochs
+    return result, stage.schedule.epochs
 
 
 def _evaluate_splits(

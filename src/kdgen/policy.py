@@ -2,10 +2,12 @@
 two runs share a patriarch (docs/method.md).
 
 A run is a sequence of stages (:func:`plan_stages`): the generations M_0 ... M_G, each
-from fresh weights on the whole schedule. The patriarch M_0 learns from
-``eta * CE + (1 - eta) * R`` (a strict teacher at eta = 1, whatever the regulariser R),
-every student M_g from the ground truth and from M_{g-1} with weight ``lam``. Everything
-here is a pure function of the config.
+from fresh weights on the whole schedule, or the cycles of snapshot distillation, which
+carry the weights on through one cyclic schedule. The first stage (the patriarch M_0, or
+cycle 0) learns from ``eta * CE + (1 - eta) * R`` (a strict teacher at eta = 1, whatever
+the regulariser R), every later stage from the ground truth and from the frozen final
+model of the stage before it, with weight ``lam``. Everything here is a pure function of
+the config.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any
 import torch
 
 from kdgen import losses
-from kdgen.config import Config, ScheduleConfig, effective_lr, schedule_for, to_dict
+from kdgen.config import (
+    Config,
+    ScheduleConfig,
+    cycle_epochs,
+    effective_lr,
+    schedule_for,
+    to_dict,
+)
 from kdgen.losses import LossFn, LossTerms, as_terms
 
 DEFAULT_STUDENT_LOSS = "kd"
@@ -42,13 +51,17 @@ class StageLoss:
 
 @dataclass(frozen=True)
 class Stage:
-    """One model trained on one schedule segment: a generation (fresh weights, the whole
-    schedule). ``teaches``: its final model is frozen to teach the next stage."""
+    """One model trained on one schedule segment. A ``"generation"`` starts from fresh
+    weights and a whole schedule; a ``"cycle"`` after the first ``carries_on`` the weights
+    and optimiser state of the cycle before it, on its own segment of the cyclic schedule.
+    ``teaches``: its final model is frozen to teach the next stage."""
 
     index: int
+    kind: str
     schedule: ScheduleConfig
     loss: StageLoss
     teaches: bool
+    carries_on: bool = False
 
     @property
     def teacher(self) -> int | None:
@@ -71,23 +84,49 @@ def patriarch_key(config: Config) -> tuple[object, ...]:
 
 
 def last_stage(config: Config) -> int:
-    """The index of the last stage a run may train: G of ``generations``."""
+    """The index of the last stage a run may train: G of ``generations``, or the last
+    snapshot cycle."""
+    if config.snapshot.cycles:
+        return config.snapshot.cycles - 1
     return config.generations
 
 
 def plan_stages(config: Config) -> list[Stage]:
-    """Every stage of ``config``, in training order."""
+    """Every stage of ``config``, in training order: its generations, or its cycles."""
     last = last_stage(config)
+    cycles = bool(config.snapshot.cycles)
+    schedules = cycle_schedules(config) if cycles else []
     losses_ = [make_loss(config, index) for index in range(last + 1)]
     return [
         Stage(
             index=index,
-            schedule=generation_schedule(config, index),
+            kind="cycle" if cycles else "generation",
+            schedule=schedules[index] if cycles else generation_schedule(config, index),
             loss=loss,
             teaches=index < last and losses_[index + 1].needs_teacher,
+            carries_on=cycles and index > 0,
         )
         for index, loss in enumerate(losses_)
     ]
+
+
+def cycle_schedules(config: Config) -> list[ScheduleConfig]:
+    """The segments of snapshot distillation's cyclic schedule: each cycle a cosine from
+    the peak lr to about 0 over its epochs (docs/method.md, "Snapshot distillation");
+    warm-up, if any, only in cycle 0, which starts from random weights."""
+    schedule = config.schedule
+    lr = effective_lr(schedule, config.data.batch_size)
+    return [
+        replace(
+            schedule, epochs=epochs, lr=lr, warmup_epochs=schedule.warmup_epochs if c == 0 else 0
+        )
+        for c, epochs in enumerate(cycle_epochs(config))
+    ]
+
+
+def student_temperature(config: Config) -> float:
+    """tau of the students: ``snapshot.temperature`` for cycles, else ``temperature``."""
+    return config.snapshot.temperature if config.snapshot.cycles else config.temperature
 
 
 def lr_record(stages: list[Stage]) -> dict[str, float]:
@@ -114,7 +153,7 @@ def loss_settings(config: Config, generation: int) -> dict[str, Any]:
             regularizer_form=config.regularizer_form,
         )
     if generation > 0:
-        settings.update(lam=config.lam, temperature=config.temperature)
+        settings.update(lam=config.lam, temperature=student_temperature(config))
         if config.student_loss != DEFAULT_STUDENT_LOSS:
             settings.update(student_loss=config.student_loss)
     return settings
@@ -150,7 +189,7 @@ def _loss_terms(config: Config, generation: int, needs_teacher: bool) -> LossFn:
     )
     if generation == 0:
         return lambda logits, targets, teacher_logits: tolerant(logits, targets)
-    lam, tau = config.lam, config.temperature
+    lam, tau = config.lam, student_temperature(config)
     student_loss = losses.STUDENT_LOSSES[config.student_loss]
     if not is_tolerant(config, generation) and not needs_teacher:
         # (1 - 0) * CE: the teacher's logits are not computed (see StageLoss.needs_teacher).

@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kdgen.config import Config, config_diff, config_from_yaml, config_hash, to_yaml
+from kdgen.config import (
+    Config,
+    config_diff,
+    config_from_yaml,
+    config_hash,
+    cycle_epochs,
+    to_yaml,
+)
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 
 if TYPE_CHECKING:
@@ -301,6 +308,28 @@ class RunFolder:
         self.truncate_metrics(index, state["epoch"] if state else 0)
         return state
 
+    def stage_end_state(
+        self, index: int, epochs: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any]:
+        """The saved state at the end of finished stage ``index`` (after its ``epochs``),
+        which the next snapshot cycle carries on: the run's last state, until that cycle
+        saves one of its own."""
+        if not self.last_checkpoint.exists():
+            raise CheckpointError(
+                f"{self.last_checkpoint} is missing: cycle {index + 1} cannot carry on the "
+                f"optimiser state of cycle {index}; start the run again with --force-new"
+            )
+        state = load_checkpoint(self.last_checkpoint)
+        check_resume_state(state, self.last_checkpoint, digest, config)
+        where = (state["generation"], state["epoch"], state.get("step", 0))
+        if where != (index, epochs, 0):
+            raise CheckpointError(
+                f"{self.last_checkpoint} holds generation {where[0]}, epoch {where[1]}, step "
+                f"{where[2]}, not the end of cycle {index} that cycle {index + 1} carries on; "
+                "start the run again with --force-new"
+            )
+        return state
+
     def save_stage(
         self,
         summary: dict[str, Any],
@@ -420,6 +449,15 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
     return folder
 
 
+def snapshot_record(config: Config) -> dict[str, Any]:
+    """A snapshot run's cycles, the cycle students' temperature and each cycle's epochs."""
+    return {
+        "cycles": config.snapshot.cycles,
+        "temperature": config.snapshot.temperature,
+        "cycle_epochs": cycle_epochs(config),
+    }
+
+
 def summary_header(
     config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
 ) -> dict[str, Any]:
@@ -438,17 +476,27 @@ def summary_header(
         "data": config.data.name,
         "num_classes": dataset.num_classes,
         "seed": config.seed,
+        **({"snapshot": snapshot_record(config)} if config.snapshot.cycles else {}),
         **(numerics.record() if numerics else {}),
         "config_hash": digest,
         "generations": [],
     }
 
 
-def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """A finished generation's entry in ``summary.json``: its final metrics per split."""
+def generation_entry(
+    generation: int,
+    final: dict[str, Any],
+    epochs: int,
+    stage: str = "generation",
+    teacher: int | None = None,
+) -> dict[str, Any]:
+    """A finished stage's entry in ``summary.json``: its index (``generation``, also for
+    a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), the stage that taught it
+    (None: none), its epochs and its final metrics per split."""
     return {
         "generation": generation,
-        "teacher": None if generation == 0 else generation - 1,
+        "stage": stage,
+        "teacher": teacher,
         "epochs": epochs,
         "train": final.get("train"),
         "train_eval": final.get("train_eval"),
