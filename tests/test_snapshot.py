@@ -200,6 +200,11 @@ def test_a_snapshot_run_trains_its_cycles_each_taught_by_the_last_snapshot(
     ]
     assert all(e["test"]["top1"] is not None for e in entries)
     assert [e["members"] for e in summary["ensembles"]] == [[0, 1]]  # a snapshot ensemble
+    # The chooser picks among snapshots on validation, as among generations.
+    val = [e["val"]["top1"] for e in entries]
+    assert summary["chosen"]["stage"] == "cycle"
+    assert summary["chosen"]["generation"] == val.index(max(val))
+    assert summary["chosen"]["reason"].endswith("of cycles 0-1")
     train = [r for r in folder.read_metrics() if r["split"] == "train"]
     assert [(r["generation"], r["epoch"]) for r in train] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert [("loss_kd" in r) for r in train] == [False, False, True, True]

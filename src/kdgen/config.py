@@ -81,6 +81,24 @@ class ScheduleConfig:
     base_batch_size: int = 128
 
 
+CHOICE_METRICS = ("val_top1", "val_nll")
+
+
+@dataclass
+class AutoConfig:
+    """Choosing on validation (docs/method.md, "Choosing on validation"): the metric every
+    run's choice follows, and when ``generations=auto`` stops."""
+
+    # val_top1 (higher is better) or val_nll (lower is better).
+    metric: str = "val_top1"
+    # A later model is better only when it improves the best value by more than this.
+    min_delta: float = 0.0
+    # generations=auto stops after this many generations in a row fail to improve.
+    patience: int = 1
+    # generations=auto trains at most M_0 ... M_max_generations.
+    max_generations: int = 5
+
+
 @dataclass
 class SnapshotConfig:
     """Snapshot distillation (docs/method.md, "Snapshot distillation"): ``cycles`` = C >= 2
@@ -106,7 +124,9 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
     generation_schedules: dict[int, Any] = field(default_factory=dict)
-    generations: int = 4
+    # G, or "auto": train generations while they improve on validation (see ``auto``).
+    generations: int | str = 4
+    auto: AutoConfig = field(default_factory=AutoConfig)
     process: str | None = None
     eta: float = 1.0
     lam: float = 0.0
@@ -402,6 +422,45 @@ def cycle_epochs(config: Config) -> list[int]:
     return lengths if first is None else [first, *lengths]
 
 
+def max_generation(config: Config) -> int:
+    """The last generation a run may train: G, or ``auto.max_generations`` under auto."""
+    if config.generations == "auto":
+        return config.auto.max_generations
+    return int(config.generations)
+
+
+def _validate_generations(config: Config) -> None:
+    """``generations``: G >= 0, or ``auto`` with the ``auto.*`` keys that it needs."""
+    if isinstance(config.generations, str) and config.generations.strip().isdigit():
+        config.generations = int(config.generations)  # a quoted number in a YAML file
+    auto = config.auto
+    _check(
+        auto.metric in CHOICE_METRICS,
+        f"auto.metric='{auto.metric}' must be one of {', '.join(CHOICE_METRICS)}",
+    )
+    _check(auto.min_delta >= 0, f"auto.min_delta={auto.min_delta} must be >= 0")
+    if config.generations != "auto":
+        _check(
+            isinstance(config.generations, int) and config.generations >= 0,
+            f"generations={config.generations!r} must be an integer >= 0, or auto",
+        )
+        stop_keys = {"auto.patience": auto.patience, "auto.max_generations": auto.max_generations}
+        _check(
+            (auto.patience, auto.max_generations)
+            == (AutoConfig.patience, AutoConfig.max_generations),
+            f"{', '.join(f'{k}={v}' for k, v in stop_keys.items())} apply to generations=auto "
+            f"only; this run has generations={config.generations}",
+        )
+        return
+    _check(auto.patience >= 1, f"auto.patience={auto.patience} must be >= 1")
+    _check(auto.max_generations >= 1, f"auto.max_generations={auto.max_generations} must be >= 1")
+    _check(
+        config.data.val_size > 0,
+        "generations=auto chooses on a validation split, and data.val_size=0 holds none out; "
+        "set data.val_size > 0",
+    )
+
+
 def _validate_snapshot(config: Config) -> None:
     """Snapshot distillation's keys and the combinations that make no sense with it."""
     snapshot = config.snapshot
@@ -500,7 +559,7 @@ def validate(config: Config) -> Config:
     )
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
-    _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
+    _validate_generations(config)
     _check(
         config.precision in PRECISIONS,
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
@@ -536,9 +595,9 @@ def validate(config: Config) -> Config:
     _validate_schedule(config.schedule, "schedule")
     for generation in config.generation_schedules:
         _check(
-            isinstance(generation, int) and 0 <= generation <= config.generations,
+            isinstance(generation, int) and 0 <= generation <= max_generation(config),
             f"generation_schedules key {generation!r} must be a generation in "
-            f"[0, {config.generations}]",
+            f"[0, {max_generation(config)}]",
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
     _validate_snapshot(config)
@@ -572,6 +631,7 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "model_args": {},
     "student_loss": "kd",
     "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
+    "auto": {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 5},
 }
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
@@ -617,6 +677,7 @@ def config_diff(old: Config, new: Config) -> list[str]:
 
 
 __all__ = [
+    "AutoConfig",
     "Config",
     "DataConfig",
     "ImageFolderConfig",
@@ -633,6 +694,7 @@ __all__ = [
     "flatten_config",
     "format_process",
     "list_presets",
+    "max_generation",
     "parse_process",
     "process_slug",
     "schedule_for",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdgen.config import build_config, process_slug
 from kdgen.generations import RunResult, train_generations
-from kdgen.policy import patriarch_key
+from kdgen.policy import patriarch_key, plan_stages
 from kdgen.report import generations_table
 from kdgen.runs import unique_folder
 
@@ -43,7 +43,7 @@ def run_demo(
         if key in patriarchs:
             config = replace(config, patriarch=str(patriarchs[key]))
         print(
-            f"== {process}: {config.generations + 1} generations of {config.model} "
+            f"== {process}: {len(plan_stages(config))} generations of {config.model} "
             f"on {config.data.name} -> {config.out_dir}",
             flush=True,
         )

@@ -31,6 +31,7 @@ from kdgen.build import (
     run_numerics,
     train_settings,
 )
+from kdgen.chooser import choose, stops_before
 from kdgen.config import Config, config_hash, to_yaml
 from kdgen.data import DataSource
 from kdgen.distributed import Distributed
@@ -246,10 +247,7 @@ def train_generations(
     try:
         last = _train_stages(run, stages, summary)
         if dist.is_main():
-            saved = {index: folder.load_logits(index) for index in range(last + 1)}
-            summary["ensembles"] = ensemble_summaries(
-                saved, evaluation.coarse_of_fine, evaluation.k, evaluation.distance
-            )
+            _summarise(run, summary, last)
         folder.finish(summary, last)
     except TrainingStopped as stopped:
         stopped.run_dir = str(folder.path)
@@ -266,14 +264,17 @@ def train_generations(
 
 
 def _train_stages(run: _Run, stages: list[Stage], summary: dict[str, Any]) -> int:
-    """Train (or load, if done) each stage in turn. A stage hands the next its frozen copy
-    when the next one's loss needs a teacher, and a cycle its weights and optimiser state.
-    A stop signal on any rank stops every rank at the same step (:meth:`Distributed.agreed`).
-    Returns the index of the last stage."""
+    """Train (or load, if done) each stage in turn, until the chooser says stop
+    (``generations=auto``). A stage hands the next its frozen copy when the next one's loss
+    needs a teacher, and a cycle its weights and optimiser state. A stop signal on any rank
+    stops every rank at the same step (:meth:`Distributed.agreed`). Returns the index of
+    the last stage trained."""
     stop_requested = run.dist.agreed(preemption.stop_requested)
     done = {entry["generation"] for entry in summary["generations"]}
     handover = _Handover(-1, 0)
     for stage in stages:
+        if stops_before(run.config, summary["generations"], stage.index):
+            break  # generations=auto: the last ones failed to improve on validation
         if stage.index in done and run.folder.generation_checkpoint(stage.index).exists():
             teacher = _load_teacher(run, stage) if stage.teaches else None
             handover = _Handover(stage.index, stage.schedule.epochs, teacher)
@@ -291,7 +292,7 @@ def _train_stages(run: _Run, stages: list[Stage], summary: dict[str, Any]) -> in
             stage.index, epochs, teacher, model.state_dict(), result.optimizer_state
         )
         run.dist.barrier()  # rank 0's gen{i}.pt and logits are on disk for every rank
-    return stages[-1].index
+    return handover.index
 
 
 @dataclass
@@ -313,6 +314,19 @@ class _Handover:
             return self.weights, self.optimizer_state
         state = run.folder.stage_end_state(self.index, self.epochs, run.digest, run.config)
         return state["model"], state["optimizer"]
+
+
+def _summarise(run: _Run, summary: dict[str, Any], last: int) -> None:
+    """Add the ensembles of stages 0 ... ``last`` (from their saved logits) and the choice
+    on validation to ``summary``."""
+    evaluation = run.evaluation
+    saved = {index: run.folder.load_logits(index) for index in range(last + 1)}
+    summary["ensembles"] = ensemble_summaries(
+        saved, evaluation.coarse_of_fine, evaluation.k, evaluation.distance
+    )
+    chosen = choose(run.config, summary["generations"], summary["ensembles"])
+    if chosen is not None:
+        summary["chosen"] = chosen
 
 
 def _load_teacher(run: _Run, stage: Stage) -> nn.Module:

@@ -24,6 +24,7 @@ from kdgen.config import (
     ScheduleConfig,
     cycle_epochs,
     effective_lr,
+    max_generation,
     schedule_for,
     to_dict,
 )
@@ -84,11 +85,11 @@ def patriarch_key(config: Config) -> tuple[object, ...]:
 
 
 def last_stage(config: Config) -> int:
-    """The index of the last stage a run may train: G of ``generations``, or the last
-    snapshot cycle."""
+    """The index of the last stage a run may train: G of ``generations`` (under
+    ``generations=auto``, ``auto.max_generations``), or the last snapshot cycle."""
     if config.snapshot.cycles:
         return config.snapshot.cycles - 1
-    return config.generations
+    return max_generation(config)
 
 
 def plan_stages(config: Config) -> list[Stage]:
@@ -225,7 +226,7 @@ def generation_schedule(config: Config, generation: int) -> ScheduleConfig:
 # where the data lives, and the later generations. Everything else must match.
 _NOT_PATRIARCH_SHAPING = {
     "name", "out_dir", "progress", "tensorboard", "check_every", "compile", "eval_every",
-    "eval_train_max",
+    "eval_train_max", "auto",
     "device", "max_grad_norm", "patriarch", "process", "generations", "generation_schedules",
     "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
     "regularize_all_teachers", "temperature", "data.root", "data.download",

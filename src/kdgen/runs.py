@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -477,6 +478,7 @@ def summary_header(
         "num_classes": dataset.num_classes,
         "seed": config.seed,
         **({"snapshot": snapshot_record(config)} if config.snapshot.cycles else {}),
+        **({"auto": asdict(config.auto)} if config.generations == "auto" else {}),
         **(numerics.record() if numerics else {}),
         "config_hash": digest,
         "generations": [],
