@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from kdgen.chooser import choose, stops_before
-from kdgen.cli import main
 from kdgen.config import Config, build_config, config_hash
 from kdgen.generations import train_generations
 from kdgen.policy import plan_stages
+from tests.conftest import refusal
 
 
 def _entry(generation: int, val_top1: float, test_top1: float, val_nll: float = 1.0) -> dict:
@@ -117,9 +117,7 @@ def test_auto_plans_up_to_max_generations_and_keeps_hashes() -> None:
 def test_auto_refusals(
     overrides: list[str], named: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "smoke", *overrides]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    err = refusal(capsys, *overrides)
     assert all(key in err for key in named), err
 
 

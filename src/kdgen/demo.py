@@ -40,7 +40,7 @@ def run_demo(
             ],
         )
         key = patriarch_key(config)
-        if key in patriarchs:
+        if key is not None and key in patriarchs:
             config = replace(config, patriarch=str(patriarchs[key]))
         print(
             f"== {process}: {len(plan_stages(config))} generations of {config.model} "
@@ -49,7 +49,8 @@ def run_demo(
         )
         result = train_generations(config)
         results.append(result)
-        patriarchs.setdefault(key, result.path)
+        if key is not None:
+            patriarchs.setdefault(key, result.path)
     table = generations_table(result.summary for result in results)
     (root / "demo.md").write_text(table + "\n")
     return table, results

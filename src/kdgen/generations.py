@@ -1,9 +1,12 @@
-"""Training in generations: the patriarch M_0, then students M_1 ... M_G (docs/method.md).
+"""Training a run's stages (docs/method.md): the patriarch M_0, then students M_1 ... M_G,
+or the cycles of snapshot distillation, in one loop (:func:`_train_stages`).
 
-Every generation has the same architecture and starts from fresh weights. M_g (g >= 1)
-learns from the ground truth and from M_{g-1}, which is a frozen deep copy: eval mode,
-no gradients, run under inference mode. Finished generations are never retrained on
-resume; the unfinished one continues from its last saved epoch.
+A generation starts from fresh weights; M_g (g >= 1) learns from the ground truth and
+from M_{g-1}, which is a frozen deep copy: eval mode, no gradients, run under inference
+mode. A snapshot cycle after the first carries on the weights and optimiser state of the
+cycle before it and learns from a frozen copy of that cycle's last snapshot. Finished
+stages are never retrained on resume; the unfinished one continues from its last saved
+state. Under ``generations=auto`` the chooser (:mod:`kdgen.chooser`) says when to stop.
 
 Under torchrun (see :mod:`kdgen.distributed`) every rank runs this same code on its shard
 of the data; rank 0 alone writes the run folder, and barriers follow its writes.
@@ -163,6 +166,7 @@ def _model_checkpoint(
         "kind": "model",
         "config_hash": digest,
         "generation": stage.index,
+        "stage": stage.kind,
         "model_name": config.model,
         "model_args": dict(config.model_args),
         "model": model.state_dict(),
@@ -209,8 +213,8 @@ def train_generations(
     force_new: bool = False,
     dist: Distributed | None = None,
 ) -> RunResult:
-    """Train the stages of ``config`` (the generations M_0 ... M_G), writing everything
-    to its run folder.
+    """Train the stages of ``config`` (its generations M_0 ... M_G, or its snapshot cycles),
+    writing everything to its run folder.
 
     ``dist`` (by default the context of a torchrun launch, see :mod:`kdgen.distributed`)
     makes this rank train its shard of every global batch; only rank 0 writes.
@@ -236,6 +240,7 @@ def train_generations(
         evaluation,
         numerics,
         resume,
+        stage=stages[0].kind,
         world_size=dist.world_size,
         global_batch_size=config.data.batch_size,
         lr_effective=lr_record(stages),

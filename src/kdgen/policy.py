@@ -76,9 +76,12 @@ def is_strict(eta: float) -> bool:
     return eta == 1.0
 
 
-def patriarch_key(config: Config) -> tuple[object, ...]:
+def patriarch_key(config: Config) -> tuple[object, ...] | None:
     """What decides a patriarch's loss: runs of one seed and preset with equal keys train
-    the same M_0 and may share it (``patriarch=``)."""
+    the same M_0 and may share it (``patriarch=``). None for a snapshot run, which shares
+    no patriarch: its cycle 0 hands on an optimiser state that a saved model lacks."""
+    if config.snapshot.cycles:
+        return None
     if is_strict(config.eta):
         return ("strict",)
     return (config.eta, config.regularizer, config.k, config.regularizer_form)
@@ -92,16 +95,21 @@ def last_stage(config: Config) -> int:
     return max_generation(config)
 
 
+def stage_kind(config: Config) -> str:
+    """What a run's stages are: ``"cycle"`` (snapshot distillation) or ``"generation"``."""
+    return "cycle" if config.snapshot.cycles else "generation"
+
+
 def plan_stages(config: Config) -> list[Stage]:
     """Every stage of ``config``, in training order: its generations, or its cycles."""
     last = last_stage(config)
-    cycles = bool(config.snapshot.cycles)
+    cycles = stage_kind(config) == "cycle"
     schedules = cycle_schedules(config) if cycles else []
     losses_ = [make_loss(config, index) for index in range(last + 1)]
     return [
         Stage(
             index=index,
-            kind="cycle" if cycles else "generation",
+            kind=stage_kind(config),
             schedule=schedules[index] if cycles else generation_schedule(config, index),
             loss=loss,
             teaches=index < last and losses_[index + 1].needs_teacher,
