@@ -4,7 +4,9 @@ to teach the next (docs/method.md, "Snapshot distillation")."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,11 +15,15 @@ import torch
 from kdgen import generations, preemption
 from kdgen.cli import main
 from kdgen.config import Config, build_config, config_hash, cycle_epochs
+from kdgen.evaluation import evaluate_run
+from kdgen.export import export_run, load_exported
 from kdgen.generations import RunResult, train_generations
 from kdgen.policy import plan_stages
 from kdgen.preemption import TrainingStopped
+from kdgen.report import write_report
 from kdgen.runs import RunFolder, load_checkpoint
-from tests.conftest import FAST
+from kdgen.sweep import SweepRun, plan_sweep, sweep_status, write_plan
+from tests.conftest import FAST, refusal
 
 # 300 training images in batches of 50: 6 steps an epoch; 2 cycles of 2 epochs.
 SNAPSHOT = (
@@ -115,9 +121,7 @@ def test_snapshot_keys_keep_every_existing_config_hash() -> None:
 def test_combinations_that_make_no_sense_are_refused(
     overrides: list[str], named: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "smoke", *overrides]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    err = refusal(capsys, *overrides)
     assert all(key in err for key in named), err
 
 
@@ -245,3 +249,41 @@ def test_stop_inside_or_between_cycles_then_resume_matches_an_uninterrupted_run(
     assert (resumed.path / "summary.json").read_bytes() == (
         reference[0].path / "summary.json"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_eval_export_report_and_status_understand_cycles(
+    reference: tuple[RunResult, list[dict[str, Any]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result, _ = reference
+    summary = result.summary
+    evaluated = evaluate_run(result.path, device="cpu")
+    assert [(e["generation"], e["stage"]) for e in evaluated["generations"]] == [
+        (0, "cycle"),
+        (1, "cycle"),
+    ]
+    assert [e["test"] for e in evaluated["generations"]] == [
+        e["test"] for e in summary["generations"]
+    ]
+    exported = export_run(result.path, tmp_path / "export")
+    assert [load_exported(path)[1]["stage"] for path in exported] == ["cycle", "cycle"]
+
+    report = write_report([result.path], tmp_path / "report").read_text()
+    assert re.search(r"\| D\(0\.6,0\.6\) snapshot×2 \| +c1 \|", report)
+    assert "Chosen on validation" in report
+
+    assert main(["status", str(result.path)]) == 0
+    assert json.loads(capsys.readouterr().out)["stage"] == "cycle"
+    sweep = tmp_path / "sweep"
+    write_plan(sweep, "smoke", [SweepRun("D(0.6,0.6)", 0, str(result.path), SNAPSHOT, None)])
+    (row,) = sweep_status(sweep)
+    assert (row["state"], row["generation"], row["epoch"]) == ("finished", "cycle 1", 2)
+
+
+def test_a_snapshot_sweep_shares_no_patriarch(tmp_path: Path) -> None:
+    specs = ["D(1.0,0.0)", "D(1.0,0.6)"]
+    assert plan_sweep("smoke", specs, [0], tmp_path)[1].shares_patriarch_of is not None
+    runs = plan_sweep("smoke", specs, [0], tmp_path, overrides=SNAPSHOT)
+    assert [run.shares_patriarch_of for run in runs] == [None, None]

@@ -24,11 +24,19 @@ BASELINE = "D(1.0,0.0)"
 
 
 def process_label(summary: dict[str, Any]) -> str:
-    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD."""
+    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD, plus
+    `` snapshot×C`` for a snapshot-distillation run of C cycles or `` auto`` for a run of
+    ``generations=auto``: such runs stop or train differently, so they never merge with a
+    fixed grid's runs of the same process."""
+    label = str(summary["process"])
     regularizer = summary.get("regularizer", "tsd")
     if not is_strict(summary.get("eta", 1.0)) and regularizer != "tsd":
-        return f"{summary['process']}:{regularizer}"
-    return str(summary["process"])
+        label = f"{label}:{regularizer}"
+    if summary.get("snapshot"):
+        label = f"{label} snapshot×{summary['snapshot']['cycles']}"
+    if summary.get("auto"):
+        label = f"{label} auto"
+    return label
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class Run:
     @property
     def label(self) -> str:
         return process_label(self.summary)
+
+    @property
+    def is_snapshot(self) -> bool:
+        """Whether the run's stages are snapshot cycles, not generations."""
+        return bool(self.summary.get("snapshot"))
 
     @property
     def seed(self) -> int:

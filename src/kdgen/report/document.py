@@ -15,6 +15,7 @@ from kdgen.report.html_page import page
 from kdgen.report.secondary import per_class_table
 from kdgen.report.tables import (
     Section,
+    chosen_table,
     ensembles_table,
     fit_table,
     generations_summary_table,
@@ -67,6 +68,17 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
     if differences is not None:
         sections.append(
             Section(f"Difference from {baseline} (paired, 95% t-interval)", "", differences)
+        )
+    chosen = chosen_table(groups)
+    if chosen is not None:
+        sections.append(
+            Section(
+                "Chosen on validation (mean ± sample std over seeds)",
+                "The single model and the ensemble each run chose on its validation split "
+                '(docs/method.md, "Choosing on validation"), in brackets per seed, and '
+                "their test metrics: the numbers a user who selects on validation gets.",
+                chosen,
+            )
         )
     ensembles = ensembles_table(groups)
     if ensembles is not None:
