@@ -9,7 +9,6 @@ once (:func:`kdgen.policy.patriarch_key`).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from kdgen.config import build_config, process_slug
@@ -30,18 +29,16 @@ def run_demo(
     results: list[RunResult] = []
     patriarchs: dict[tuple[object, ...], Path] = {}  # the first run of each patriarch
     for process in DEMO_PROCESSES:
-        config = build_config(
-            preset,
-            [
-                *overrides,
-                f"process={process}",
-                f"name={process_slug(process)}",
-                f"out_dir={root / process_slug(process)}",
-            ],
-        )
-        key = patriarch_key(config)
+        settings = [
+            *overrides,
+            f"process={process}",
+            f"name={process_slug(process)}",
+            f"out_dir={root / process_slug(process)}",
+        ]
+        key = patriarch_key(build_config(preset, settings))
         if key is not None and key in patriarchs:
-            config = replace(config, patriarch=str(patriarchs[key]))
+            settings.append(f"patriarch={patriarchs[key]}")  # validated with the rest
+        config = build_config(preset, settings)
         print(
             f"== {process}: {len(plan_stages(config))} generations of {config.model} "
             f"on {config.data.name} -> {config.out_dir}",
