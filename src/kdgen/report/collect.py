@@ -117,6 +117,16 @@ def generations_of(runs: Sequence[Run]) -> list[int]:
     return sorted({e["generation"] for run in runs for e in run.summary["generations"]})
 
 
+def is_snapshot(runs: Sequence[Run]) -> bool:
+    """Whether the runs (of one process) train snapshot cycles, not generations."""
+    return bool(runs) and runs[0].is_snapshot
+
+
+def stage_key(runs: Sequence[Run], generation: int) -> str:
+    """How a stage is named in a table: ``2`` for a generation, ``c2`` for a cycle."""
+    return f"c{generation}" if is_snapshot(runs) else str(generation)
+
+
 def ensemble_names(runs: Sequence[Run]) -> dict[str, list[int]]:
     """Every ensemble name of the runs, with its members (as the first run lists them)."""
     names: dict[str, list[int]] = {}

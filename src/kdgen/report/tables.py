@@ -7,7 +7,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdgen.report.collect import Run, ensemble_names, generations_of, process_label
+from kdgen.report.collect import (
+    Run,
+    ensemble_names,
+    generations_of,
+    process_label,
+    stage_key,
+)
 from kdgen.report.stats import Stat, format_stat, metric, summarize
 
 
@@ -72,14 +78,16 @@ GENERATION_COLUMNS = ("test top-1", "Dist^C", "Dist^S", "mean top-1 prob")
 
 
 def generation_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per generation of a run: process, generation and its test metrics."""
+    """One row per generation of a run (``c0``, ``c1``...: snapshot cycles): process,
+    generation and its test metrics."""
     rows = []
     for entry in summary["generations"]:
         test = entry.get("test") or {}
+        cycle = entry.get("stage") == "cycle"
         rows.append(
             [
                 process_label(summary),
-                entry["generation"],
+                f"c{entry['generation']}" if cycle else entry["generation"],
                 test.get("top1"),
                 test.get("dist_c"),
                 test.get("dist_s"),
@@ -172,7 +180,7 @@ def _per_generation(groups: dict[str, list[Run]]) -> tuple[list[list[str]], list
     keys, entries = [], []
     for label, runs in groups.items():
         for g in generations_of(runs):
-            keys.append([label, f"c{g}" if runs[0].is_snapshot else str(g)])
+            keys.append([label, stage_key(runs, g)])
             entries.append([e for e in (run.generation(g) for run in runs) if e is not None])
     return keys, entries
 
