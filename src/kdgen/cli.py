@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdgen import distributed
     from kdgen.config import build_config
     from kdgen.generations import train_generations
-    from kdgen.report import generations_table
+    from kdgen.report import chosen_line, generations_table
     from kdgen.runs import RunFolder
 
     source, overrides = _split_overrides(args.config, args.overrides)
@@ -62,6 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not dist.is_main():
         return 0
     print(generations_table([result.summary]))
+    chosen = chosen_line(result.summary)
+    if chosen:
+        print(chosen)
     print(f"run folder: {result.path}")
     return 0
 

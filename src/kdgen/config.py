@@ -81,6 +81,37 @@ class ScheduleConfig:
     base_batch_size: int = 128
 
 
+CHOICE_METRICS = ("val_top1", "val_nll")
+
+
+@dataclass
+class AutoConfig:
+    """Choosing on validation (docs/method.md, "Choosing on validation"): the metric every
+    run's choice follows, and when ``generations=auto`` stops."""
+
+    # val_top1 (higher is better) or val_nll (lower is better).
+    metric: str = "val_top1"
+    # A later model is better only when it improves the best value by more than this.
+    min_delta: float = 0.0
+    # generations=auto stops after this many generations in a row fail to improve.
+    patience: int = 1
+    # generations=auto trains at most M_0 ... M_max_generations.
+    max_generations: int = 5
+
+
+@dataclass
+class SnapshotConfig:
+    """Snapshot distillation (docs/method.md, "Snapshot distillation"): ``cycles`` = C >= 2
+    splits one training of ``schedule.epochs`` into C cycles of a restarting cosine lr; the
+    last snapshot of each cycle teaches the next. 0: off."""
+
+    cycles: int = 0
+    # tau of the cycle students: the teacher's signal is softened (see docs/method.md).
+    temperature: float = 2.0
+    # Epochs of cycle 0 (null: all cycles equal); the others share the rest equally.
+    first_cycle_epochs: int | None = None
+
+
 @dataclass
 class Config:
     """A whole training-in-generations run. ``generations`` = G trains M_0 ... M_G."""
@@ -93,7 +124,9 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
     generation_schedules: dict[int, Any] = field(default_factory=dict)
-    generations: int = 4
+    # G, or "auto": train generations while they improve on validation (see ``auto``).
+    generations: int | str = 4
+    auto: AutoConfig = field(default_factory=AutoConfig)
     process: str | None = None
     eta: float = 1.0
     lam: float = 0.0
@@ -105,6 +138,7 @@ class Config:
     # The students' loss, by name (kdgen.losses.STUDENT_LOSSES): kd is the paper's Eq. 2.
     student_loss: str = "kd"
     patriarch: str | None = None
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     seed: int = 0
     device: str = "auto"
     # auto: bf16 autocast where the device computes bf16 natively, else fp32; or fp32, bf16.
@@ -374,6 +408,114 @@ def schedule_for(config: Config, generation: int) -> ScheduleConfig:
     )
 
 
+def cycle_epochs(config: Config) -> list[int]:
+    """The epochs of each snapshot cycle: ``snapshot.first_cycle_epochs`` for cycle 0 when
+    set, the rest of ``schedule.epochs`` split as evenly as it goes (earlier cycles take the
+    remainder); empty when snapshot distillation is off."""
+    snapshot, epochs = config.snapshot, config.schedule.epochs
+    first = snapshot.first_cycle_epochs
+    shared = snapshot.cycles if first is None else snapshot.cycles - 1
+    if shared <= 0:
+        return [] if first is None else [first]
+    base, extra = divmod(epochs if first is None else epochs - first, shared)
+    lengths = [base + (cycle < extra) for cycle in range(shared)]
+    return lengths if first is None else [first, *lengths]
+
+
+def max_generation(config: Config) -> int:
+    """The last generation a run may train: G, or ``auto.max_generations`` under auto."""
+    if config.generations == "auto":
+        return config.auto.max_generations
+    return int(config.generations)
+
+
+def _validate_generations(config: Config) -> None:
+    """``generations``: G >= 0, or ``auto`` with the ``auto.*`` keys that it needs."""
+    if isinstance(config.generations, str) and config.generations.strip().isdigit():
+        config.generations = int(config.generations)  # a quoted number in a YAML file
+    auto = config.auto
+    _check(
+        auto.metric in CHOICE_METRICS,
+        f"auto.metric='{auto.metric}' must be one of {', '.join(CHOICE_METRICS)}",
+    )
+    _check(auto.min_delta >= 0, f"auto.min_delta={auto.min_delta} must be >= 0")
+    if config.generations != "auto":
+        _check(
+            isinstance(config.generations, int) and config.generations >= 0,
+            f"generations={config.generations!r} must be an integer >= 0, or auto",
+        )
+        stop_keys = {"auto.patience": auto.patience, "auto.max_generations": auto.max_generations}
+        _check(
+            (auto.patience, auto.max_generations)
+            == (AutoConfig.patience, AutoConfig.max_generations),
+            f"{', '.join(f'{k}={v}' for k, v in stop_keys.items())} apply to generations=auto "
+            f"only; this run has generations={config.generations}",
+        )
+        return
+    _check(auto.patience >= 1, f"auto.patience={auto.patience} must be >= 1")
+    _check(auto.max_generations >= 1, f"auto.max_generations={auto.max_generations} must be >= 1")
+    _check(
+        config.data.val_size > 0,
+        "generations=auto chooses on a validation split, and data.val_size=0 holds none out; "
+        "set data.val_size > 0",
+    )
+
+
+def _validate_snapshot(config: Config) -> None:
+    """Snapshot distillation's keys and the combinations that make no sense with it."""
+    snapshot = config.snapshot
+    if snapshot.cycles == 0:
+        _check(
+            snapshot == SnapshotConfig(),
+            "snapshot.temperature and snapshot.first_cycle_epochs need snapshot.cycles >= 2",
+        )
+        return
+    _check(
+        snapshot.cycles >= 2,
+        f"snapshot.cycles={snapshot.cycles}: one cycle has no teacher; use 0 (off) or >= 2",
+    )
+    _check(snapshot.temperature > 0, f"snapshot.temperature={snapshot.temperature} must be > 0")
+    _check(
+        config.generations == 0,
+        f"snapshot.cycles={snapshot.cycles} with generations={config.generations}: a snapshot "
+        "run's stages are its cycles; set generations=0",
+    )
+    why = {"temperature": " (cycle students use snapshot.temperature)"}
+    for key, value, unset in (
+        ("patriarch", config.patriarch, None),
+        ("generation_schedules", config.generation_schedules, {}),
+        ("temperature", config.temperature, 1.0),
+    ):
+        _check(
+            value == unset,
+            f"{key}={value!r} does not apply to snapshot.cycles={snapshot.cycles}"
+            f"{why.get(key, '')}; drop {key}",
+        )
+    _check(
+        config.schedule.scheduler == "cosine",
+        f"snapshot.cycles restarts a cosine lr every cycle: schedule.scheduler="
+        f"'{config.schedule.scheduler}' must be cosine",
+    )
+    first = snapshot.first_cycle_epochs
+    _check(
+        first is None or 1 <= first < config.schedule.epochs,
+        f"snapshot.first_cycle_epochs={first} must lie in [1, schedule.epochs)",
+    )
+    lengths = cycle_epochs(config)
+    _check(
+        min(lengths) >= 1,
+        f"schedule.epochs={config.schedule.epochs} is too short for snapshot.cycles="
+        f"{snapshot.cycles}"
+        + ("" if first is None else f" after snapshot.first_cycle_epochs={first}")
+        + ": a cycle must be at least one epoch",
+    )
+    _check(
+        config.schedule.warmup_epochs < lengths[0],
+        f"schedule.warmup_epochs={config.schedule.warmup_epochs} must be shorter than cycle 0 "
+        f"({lengths[0]} epochs)",
+    )
+
+
 def _validate_loss_names(config: Config) -> None:
     """Names that the losses' registries decide (:mod:`kdgen.losses` is the one list)."""
     from kdgen import losses  # imported here: reading a config needs no torch
@@ -417,7 +559,7 @@ def validate(config: Config) -> Config:
     )
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
-    _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
+    _validate_generations(config)
     _check(
         config.precision in PRECISIONS,
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
@@ -453,11 +595,12 @@ def validate(config: Config) -> Config:
     _validate_schedule(config.schedule, "schedule")
     for generation in config.generation_schedules:
         _check(
-            isinstance(generation, int) and 0 <= generation <= config.generations,
+            isinstance(generation, int) and 0 <= generation <= max_generation(config),
             f"generation_schedules key {generation!r} must be a generation in "
-            f"[0, {config.generations}]",
+            f"[0, {max_generation(config)}]",
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
+    _validate_snapshot(config)
     return config
 
 
@@ -487,6 +630,8 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "amp": None,
     "model_args": {},
     "student_loss": "kd",
+    "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
+    "auto": {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 5},
 }
 LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
 
@@ -556,21 +701,25 @@ def config_diff(old: Config, new: Config) -> list[str]:
 
 
 __all__ = [
+    "AutoConfig",
     "Config",
     "DataConfig",
     "ImageFolderConfig",
     "ScheduleConfig",
+    "SnapshotConfig",
     "SyntheticConfig",
     "build_config",
     "config_diff",
     "config_from_dict",
     "config_from_yaml",
     "config_hash",
+    "cycle_epochs",
     "effective_lr",
     "flatten_config",
     "format_process",
     "legacy_config_hash",
     "list_presets",
+    "max_generation",
     "parse_process",
     "process_slug",
     "schedule_for",

@@ -24,16 +24,11 @@ from kdgen.config import ScheduleConfig
 from kdgen.data.tensors import DeviceLoader
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.errors import NumericalError
+from kdgen.losses import LossFn, LossTerms, as_terms
 from kdgen.metrics import classification_metrics
 from kdgen.precision import autocast
 from kdgen.preemption import TrainingStopped
 from kdgen.seeding import restore_rng_state, rng_state
-
-LossTerms = dict[str, torch.Tensor]
-"""A loss and its parts: ``"loss"`` (the total that is minimised) and named components
-such as ``"loss_ce"``, ``"loss_reg"``, ``"loss_kd"``; every entry is a batch mean."""
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], "LossTerms | torch.Tensor"]
-"""(student logits, targets, teacher logits) -> the loss, or the loss and its parts."""
 
 
 class Hooks:
@@ -62,6 +57,8 @@ class GenerationResult:
     final: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # The last evaluation's (logits, labels) per split.
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # The optimiser's final state: a following schedule segment may carry it on.
+    optimizer_state: dict[str, Any] = field(default_factory=dict)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -98,6 +95,15 @@ def lr_factor(schedule: ScheduleConfig, step: int, steps_per_epoch: int) -> floa
         progress = (epoch - schedule.warmup_epochs) / (schedule.epochs - schedule.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0
+
+
+def carry_on(optimizer: torch.optim.Optimizer, state: dict[str, Any], lr: float) -> None:
+    """Continue an earlier segment's optimiser ``state`` (SGD's momentum buffers) with the
+    learning rate restarted at ``lr``, the peak of the new segment."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group.pop("initial_lr", None)  # the new segment's scheduler starts from lr
 
 
 def make_scheduler(
@@ -157,11 +163,6 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
         logits = teacher(images)
     # Inference tensors cannot take part in autograd; a float32 copy outside the mode can.
     return logits.to(torch.float32, copy=True)
-
-
-def as_terms(loss: LossTerms | torch.Tensor) -> LossTerms:
-    """A loss function's result as terms: a bare tensor is ``{"loss": tensor}``."""
-    return loss if isinstance(loss, dict) else {"loss": loss}
 
 
 @dataclass
@@ -406,6 +407,7 @@ def train_generation(
     hooks: Hooks | None = None,
     resume_state: dict[str, Any] | None = None,
     settings: TrainSettings | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
 
@@ -416,12 +418,14 @@ def train_generation(
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
     ``resume_state`` continues from a saved state: the end of an epoch, or a step inside
-    one (its ``"step"`` and ``"partial"`` sums). ``settings`` say how to run (see
-    :class:`TrainSettings`). With several ranks in ``settings.dist`` the loaders must be
-    sharded (``shard=dist.shard``); ``model`` is trained inside DDP (its BatchNorm layers
-    made global-batch, in place, if ``sync_batchnorm``) and rank 0's buffers are copied to
-    all ranks after each epoch, so every rank ends with the same weights. Saved states
-    hold ``model``'s own state_dict (no ``module.``).
+    one (its ``"step"`` and ``"partial"`` sums). ``optimizer_state`` (a cycle of snapshot
+    distillation) starts the optimiser from an earlier segment's final state, its learning
+    rate restarted. ``settings`` say how to run (see :class:`TrainSettings`). With several
+    ranks in ``settings.dist`` the loaders must be sharded (``shard=dist.shard``);
+    ``model`` is trained inside DDP (its BatchNorm layers made global-batch, in place, if
+    ``sync_batchnorm``) and rank 0's buffers are copied to all ranks after each epoch, so
+    every rank ends with the same weights. Saved states hold ``model``'s own state_dict
+    (no ``module.``).
 
     When ``settings.stop_requested()`` turns true the engine saves a resumable state
     through ``hooks`` and raises :class:`~kdgen.preemption.TrainingStopped`. A non-finite
@@ -436,6 +440,8 @@ def train_generation(
     settings = settings or TrainSettings()
     dist, stop = settings.dist, settings.stop_requested
     optimizer = make_optimizer(model, schedule)
+    if optimizer_state is not None:
+        carry_on(optimizer, optimizer_state, schedule.lr)
     scheduler = make_scheduler(optimizer, schedule, len(train_loader))
     start_epoch, train_metrics, partial = 0, {}, EpochProgress()
     if resume_state is not None:
@@ -513,4 +519,5 @@ def train_generation(
             model, eval_loaders, evaluation, precision, lambda split, metrics: None, dist
         )
     result.final["train"] = train_metrics
+    result.optimizer_state = optimizer.state_dict()
     return result

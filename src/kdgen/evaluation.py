@@ -17,6 +17,7 @@ from kdgen.build import (
 )
 from kdgen.engine import evaluate
 from kdgen.errors import RunDirError
+from kdgen.policy import stage_kind
 from kdgen.provenance import run_digest
 from kdgen.runs import RunFolder, atomic_write_json, summary_header
 
@@ -32,7 +33,8 @@ def load_generation_model(
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test") -> dict[str, Any]:
-    """Evaluate every saved generation on ``split``; writes and returns ``eval.json``."""
+    """Evaluate every saved generation (or snapshot cycle) on ``split``; writes and
+    returns ``eval.json``."""
     folder = RunFolder(run_dir)
     config = folder.read_config()
     torch_device = resolve_device(device)
@@ -47,9 +49,10 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
         )
     settings = evaluation_settings(config, dataset)
     summary = summary_header(config, dataset, run_digest(config, recorded), numerics)
+    kind = stage_kind(config)
     for generation in folder.require_generations():
         model = load_model(folder, config, dataset, generation, torch_device)
         metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]
-        summary["generations"].append({"generation": generation, split: metrics})
+        summary["generations"].append({"generation": generation, "stage": kind, split: metrics})
     atomic_write_json(folder.path / "eval.json", summary)
     return summary

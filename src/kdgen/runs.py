@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,8 @@ from kdgen.config import (
     Config,
     config_diff,
     config_from_yaml,
-    effective_lr,
-    schedule_for,
+    cycle_epochs,
+    to_yaml,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 
@@ -270,6 +271,92 @@ class RunFolder:
         except (OSError, json.JSONDecodeError) as error:
             raise RunDirError(f"{path} is unreadable ({type(error).__name__})") from None
 
+    # --- a run's life: begin, one save per stage, finish -------------------------------
+    def begin(
+        self,
+        config: Config,
+        dataset: DataSource,
+        evaluation: EvalSettings,
+        numerics: Numerics,
+        resume: bool,
+        digest: str,
+        record: dict[str, Any],
+        **state: Any,
+    ) -> dict[str, Any]:
+        """Start (or resume) the run: write its config, its classes and ``run.json``
+        ("running", with its provenance ``record`` and ``state``: world size, lr, ...);
+        return its summary so far, a fresh header unless a resume finds one of the same
+        config (``digest``, :func:`kdgen.provenance.run_digest`)."""
+        summary = self.read_summary() if resume else None
+        if not summary or summary.get("config_hash") != digest:
+            summary = summary_header(config, dataset, digest, numerics, record)
+        summary["threads"] = record["threads"]
+        if not resume:
+            self.write_text(self.config_path, to_yaml(config))
+        if not resume or not (self.path / "classes.json").exists():  # a kill may fall between
+            self.write_json(self.path / "classes.json", classes_record(evaluation, dataset))
+        if resume:
+            self.remove_stale_temp_files()
+        if config.tensorboard:
+            self.enable_tensorboard()
+        self.write_state("running", started=time.time(), **state, **numerics.record(), **record)
+        return summary
+
+    def resume_stage(
+        self, index: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any] | None:
+        """The saved state to continue stage ``index`` from (None: start it afresh). The
+        records logged after that state are dropped: the resume logs them again."""
+        state = self.resume_state(index, digest, config)
+        self.truncate_metrics(index, state["epoch"] if state else 0)
+        return state
+
+    def stage_end_state(
+        self, index: int, epochs: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any]:
+        """The saved state at the end of finished stage ``index`` (after its ``epochs``),
+        which the next snapshot cycle carries on: the run's last state, until that cycle
+        saves one of its own."""
+        if not self.last_checkpoint.exists():
+            raise CheckpointError(
+                f"{self.last_checkpoint} is missing: cycle {index + 1} cannot carry on the "
+                f"optimiser state of cycle {index}; start the run again with --force-new"
+            )
+        state = load_checkpoint(self.last_checkpoint)
+        check_resume_state(state, self.last_checkpoint, digest, config)
+        where = (state["generation"], state["epoch"], state.get("step", 0))
+        if where != (index, epochs, 0):
+            raise CheckpointError(
+                f"{self.last_checkpoint} holds generation {where[0]}, epoch {where[1]}, step "
+                f"{where[2]}, not the end of cycle {index} that cycle {index + 1} carries on; "
+                "start the run again with --force-new"
+            )
+        return state
+
+    def save_stage(
+        self,
+        summary: dict[str, Any],
+        entry: dict[str, Any],
+        checkpoint: dict[str, Any],
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        """Save a finished stage: its logits, its final model (``checkpoints/gen{i}.pt``),
+        its ``entry`` in ``summary`` (written to summary.json) and metrics.csv."""
+        index = entry["generation"]
+        self.save_logits(index, outputs)
+        self.save(self.generation_checkpoint(index), checkpoint)
+        summary["generations"] = [e for e in summary["generations"] if e["generation"] != index]
+        summary["generations"].append(entry)
+        self.write_summary(summary)
+        self.write_metrics_csv()
+
+    def finish(self, summary: dict[str, Any], last: int) -> None:
+        """Write the final summary and metrics.csv, and mark the run finished at stage
+        ``last``."""
+        self.write_summary(summary)
+        self.write_metrics_csv()
+        self.write_state("finished", generation=last)
+
     # --- metrics ------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
         """Append one evaluation record to metrics.jsonl and TensorBoard."""
@@ -340,11 +427,10 @@ class RunFolder:
 
 
 def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
-    """The run folder to write into; refuses to overwrite results unless resuming."""
-    if config.out_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
-    path = Path(config.out_dir)
+    """The run folder to write into (``out_dir``, or ``runs/<time>-<name>`` when unset);
+    refuses to overwrite results unless resuming. ``config`` is not changed: the caller
+    records the folder's path as the run's ``out_dir``."""
+    path = Path(config.out_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.name}")
     folder = RunFolder(path)
     if resume:
         folder.require_run("cannot resume: ")
@@ -362,9 +448,17 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
                 "or pass --force-new to write into a new folder"
             )
         folder = RunFolder(unique_folder(path))
-        config.out_dir = str(folder.path)
     folder.path.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def snapshot_record(config: Config) -> dict[str, Any]:
+    """A snapshot run's cycles, the cycle students' temperature and each cycle's epochs."""
+    return {
+        "cycles": config.snapshot.cycles,
+        "temperature": config.snapshot.temperature,
+        "cycle_epochs": cycle_epochs(config),
+    }
 
 
 def summary_header(
@@ -390,6 +484,8 @@ def summary_header(
         "data": config.data.name,
         "num_classes": dataset.num_classes,
         "seed": config.seed,
+        **({"snapshot": snapshot_record(config)} if config.snapshot.cycles else {}),
+        **({"auto": asdict(config.auto)} if config.generations == "auto" else {}),
         **(numerics.record() if numerics else {}),
         **(record or {}),
         "config_hash": digest,
@@ -397,11 +493,20 @@ def summary_header(
     }
 
 
-def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """A finished generation's entry in ``summary.json``: its final metrics per split."""
+def generation_entry(
+    generation: int,
+    final: dict[str, Any],
+    epochs: int,
+    stage: str = "generation",
+    teacher: int | None = None,
+) -> dict[str, Any]:
+    """A finished stage's entry in ``summary.json``: its index (``generation``, also for
+    a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), the stage that taught it
+    (None: none), its epochs and its final metrics per split."""
     return {
         "generation": generation,
-        "teacher": None if generation == 0 else generation - 1,
+        "stage": stage,
+        "teacher": teacher,
         "epochs": epochs,
         "train": final.get("train"),
         "train_eval": final.get("train_eval"),
@@ -416,14 +521,6 @@ def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, An
     return {
         "class_names": source.class_names,
         "coarse_of_fine": None if coarse is None else coarse.tolist(),
-    }
-
-
-def lr_record(config: Config) -> dict[str, float]:
-    """The effective peak learning rate of each generation (``schedule.lr_scaling``)."""
-    return {
-        str(g): effective_lr(schedule_for(config, g), config.data.batch_size)
-        for g in range(config.generations + 1)
     }
 
 

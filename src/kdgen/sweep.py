@@ -84,7 +84,7 @@ def plan_sweep(
             path = str(out / process_slug(label) / f"seed{seed}")
             config = build_config(preset, [*overrides, *extra])  # validates every run up front
             key = patriarch_key(config)
-            owner = owners.setdefault(key, path)
+            owner = path if key is None else owners.setdefault(key, path)
             shared = owner if owner != path else None
             if shared is not None:
                 extra.append(f"patriarch={shared}")
@@ -200,10 +200,16 @@ def _run_row(run: SweepRun) -> dict[str, Any]:
         "process": run.label,
         "seed": run.seed,
         "state": status,
-        "generation": state.get("generation"),
+        "generation": _stage_cell(state),
         "epoch": state.get("epoch"),
         "test top-1": tests[-1].get("top1") if tests else None,
     }
+
+
+def _stage_cell(state: dict[str, Any]) -> int | str | None:
+    """The stage a run reached: its generation, or ``cycle C`` for a snapshot run."""
+    index = state.get("generation")
+    return f"cycle {index}" if index is not None and state.get("stage") == "cycle" else index
 
 
 def _may_be_alive(folder: RunFolder) -> bool:

@@ -35,6 +35,7 @@ from kdgen.config import Config
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
 from kdgen.errors import ConfigError, DataError
+from kdgen.policy import stage_kind
 from kdgen.precision import resolve_channels_last
 from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.seeding import derive_seed
@@ -312,7 +313,7 @@ def transfer_run(
     batch_size: int = 500,
     classifier: str = "auto",
 ) -> dict[str, Any]:
-    """Linear-probe every saved generation of a run on the data set ``data``.
+    """Linear-probe every saved generation (or snapshot cycle) of a run on ``data``.
 
     ``options`` go to the data set's loader (the synthetic set's generator arguments, e.g.
     ``{"seed": 1, "train_per_class": 20}``); ``train_subset``/``test_subset`` take stratified
@@ -340,10 +341,11 @@ def transfer_run(
     loaders = _loaders(target, train, test, batch_size, torch_device)
     settings = {"C": C, "max_iter": max_iter, "classifier": classifier}
     result = _header(data, config, target, train, test, adaptation, settings, seed)
+    kind = stage_kind(config)
     for generation in generations:
         model = load_model(folder, config, source, generation, torch_device)
         entry, probe, dim = _probe_generation(model, loaders, adapter, settings)
-        result["generations"].append({"generation": generation, **entry})
+        result["generations"].append({"generation": generation, "stage": kind, **entry})
         result["classifier"], result["feature_dim"] = probe.classifier, dim
         del model
     atomic_write_json(transfer_path(folder.path, data), result)

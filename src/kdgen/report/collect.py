@@ -25,11 +25,19 @@ BASELINE = "D(1.0,0.0)"
 
 
 def process_label(summary: dict[str, Any]) -> str:
-    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD."""
+    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD, plus
+    `` snapshot×C`` for a snapshot-distillation run of C cycles or `` auto`` for a run of
+    ``generations=auto``: such runs stop or train differently, so they never merge with a
+    fixed grid's runs of the same process."""
+    label = str(summary["process"])
     regularizer = summary.get("regularizer", "tsd")
     if not is_strict(summary.get("eta", 1.0)) and regularizer != "tsd":
-        return f"{summary['process']}:{regularizer}"
-    return str(summary["process"])
+        label = f"{label}:{regularizer}"
+    if summary.get("snapshot"):
+        label = f"{label} snapshot×{summary['snapshot']['cycles']}"
+    if summary.get("auto"):
+        label = f"{label} auto"
+    return label
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,11 @@ class Run:
     @property
     def label(self) -> str:
         return process_label(self.summary)
+
+    @property
+    def is_snapshot(self) -> bool:
+        """Whether the run's stages are snapshot cycles, not generations."""
+        return bool(self.summary.get("snapshot"))
 
     @property
     def seed(self) -> int:
@@ -112,6 +125,16 @@ def group_runs(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str, list[
 def generations_of(runs: Sequence[Run]) -> list[int]:
     """Every generation number found in the runs, ascending."""
     return sorted({e["generation"] for run in runs for e in run.summary["generations"]})
+
+
+def is_snapshot(runs: Sequence[Run]) -> bool:
+    """Whether the runs (of one process) train snapshot cycles, not generations."""
+    return bool(runs) and runs[0].is_snapshot
+
+
+def stage_key(runs: Sequence[Run], generation: int) -> str:
+    """How a stage is named in a table: ``2`` for a generation, ``c2`` for a cycle."""
+    return f"c{generation}" if is_snapshot(runs) else str(generation)
 
 
 def ensemble_names(runs: Sequence[Run]) -> dict[str, list[int]]:

@@ -20,6 +20,7 @@ from kdgen.report.html_page import page
 from kdgen.report.secondary import per_class_table
 from kdgen.report.tables import (
     Section,
+    chosen_table,
     ensembles_table,
     fit_table,
     generations_summary_table,
@@ -91,6 +92,17 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 "Whether each student beats its teacher (or, without teachers, the run "
                 "before it) on the same seed.",
                 steps,
+            )
+        )
+    chosen = chosen_table(groups)
+    if chosen is not None:
+        sections.append(
+            Section(
+                "Chosen on validation (mean ± sample std over seeds)",
+                "The single model and the ensemble each run chose on its validation split "
+                '(docs/method.md, "Choosing on validation"), in brackets per seed, and '
+                "their test metrics: the numbers a user who selects on validation gets.",
+                chosen,
             )
         )
     ensembles = ensembles_table(groups)
