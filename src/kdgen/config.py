@@ -41,7 +41,8 @@ class ImageFolderConfig:
     """Crop size and DataLoader workers of ``imagefolder`` data (``kdgen.data.imagefolder``)."""
 
     image_size: int = 224
-    workers: int = 4
+    # null: min(4, the cores this process may use); see kdgen.data.imagefolder.default_workers.
+    workers: int | None = None
 
 
 @dataclass
@@ -445,7 +446,10 @@ def validate(config: Config) -> Config:
     _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
     folder = data.imagefolder
     _check(folder.image_size >= 1, f"data.imagefolder.image_size={folder.image_size} must be >= 1")
-    _check(folder.workers >= 0, f"data.imagefolder.workers={folder.workers} must be >= 0")
+    _check(
+        folder.workers is None or folder.workers >= 0,
+        f"data.imagefolder.workers={folder.workers} must be >= 0 (or null: min(4, cores))",
+    )
     _check(
         data.train_subset is None or data.train_subset >= 1,
         f"data.train_subset={data.train_subset} must be >= 1",
@@ -519,6 +523,8 @@ def _hashed_values(config: Config) -> dict[str, Any]:
     _drop_defaults(values, LATER_KEY_DEFAULTS)
     _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
     values["data"].update(values["data"].pop("imagefolder"))  # hashed under their old names
+    if values["data"]["workers"] is None:  # the null default is hashed as the old default, 4
+        values["data"]["workers"] = 4
     return values
 
 
