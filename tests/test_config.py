@@ -21,6 +21,7 @@ from kdgen.config import (
     format_process,
     list_presets,
     parse_process,
+    preset_description,
     process_slug,
     schedule_for,
     to_dict,
@@ -44,6 +45,43 @@ def test_every_preset_builds(name: str) -> None:
     assert isinstance(config, Config)
     assert config.name == name
     assert config.process == format_process(config.eta, config.lam)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_description_is_a_whole_sentence(name: str) -> None:
+    description = preset_description(name)
+    assert description.endswith(".") and description.count("(") == description.count(")")
+
+
+def test_a_description_over_several_comment_lines_ends_at_its_first_sentence() -> None:
+    assert preset_description("fashion-mnist-study") == (
+        "Fashion-MNIST study (docs/results/fashion-mnist): tiny CNN, 6k-image subset "
+        "(5k train, 1k val), 15 epochs cosine, fp32."
+    )
+
+
+PRESET_HASHES = {
+    "cifar100-densenet-bc-100": "f956db7b9542010a",
+    "cifar100-densenet-bc-190": "9757701333f59206",
+    "cifar100-resnet110": "0f7207ecbae7ea4c",
+    "cifar100-resnet20": "fd4eb6236f2fcbed",
+    "cifar100-resnet56": "fc5f5d95716ed9da",
+    "cifar100-wrn-28-10": "170973f56356aac7",
+    "demo": "126e1675f85bd3c5",
+    "fashion-mnist-resnet8": "d9f79597a0d39961",
+    "fashion-mnist-small": "a357309687af20b9",
+    "fashion-mnist-study": "ece3ffa6b2dec228",
+    "imagenet-resnet18": "5907227939a291b3",
+    "smoke": "94cf9fa67c46d1fd",
+}
+
+
+def test_later_keys_at_their_defaults_keep_every_presets_hash() -> None:
+    # The hashes of the shipped presets before the optimiser, fp16, accumulation and EMA
+    # keys and the null imagefolder workers: old run folders stay resumable.
+    assert {name: config_hash(build_config(name)) for name in list_presets()} == PRESET_HASHES
+    folder = build_config("smoke", ["data.name=imagefolder", "data.root=/data"])
+    assert config_hash(folder) == "a3063ca42eb22324"
 
 
 def test_smoke_preset_values() -> None:

@@ -168,11 +168,15 @@ def list_presets() -> list[str]:
 
 
 def preset_description(name: str) -> str:
-    """The first comment line of a preset's YAML."""
+    """The first sentence of a preset's leading comment (which may span several lines)."""
+    lines = []
     for line in _preset_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    comment = " ".join(lines)
+    end = re.search(r"\.(\s|$)", comment)
+    return comment[: end.start() + 1] if end else comment
 
 
 def _preset_text(name: str) -> str:
