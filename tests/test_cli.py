@@ -32,7 +32,7 @@ def test_presets_and_models_are_listed(capsys: pytest.CaptureFixture[str]) -> No
     ("argv", "message"),
     [
         (["train", "smok"], "did you mean: smoke"),
-        (["train", "smoke", "eta=1.5"], "eta=1.5 must lie in [0, 1]"),
+        (["train", "smoke", "eta=1.5"], "eta=1.5 must lie in (0, 1]"),
         (["train", "smoke", "lam=abc"], "lam"),
         (["train", "smoke", "data.colour=red"], "data.colour"),
         (["train", "smoke", "process=E(1,2)"], "D(eta,lam)"),

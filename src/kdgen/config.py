@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -20,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdgen.errors import ConfigError, one_line
+from kdgen.errors import ConfigError, KdgenWarning, one_line
 
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
@@ -298,6 +300,8 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
         except Exception as error:  # yaml and OmegaConf errors come in several types
             raise ConfigError(f"cannot parse override '{item}': {one_line(error)}") from None
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    _refuse_process_conflict(OmegaConf.merge(*parsed) if parsed else {}, "")
+    _refuse_process_conflict(loaded, f" in {source}")
     process = OmegaConf.select(loaded, "process", default=None, throw_on_resolution_failure=False)
     if keys & {"eta", "lam"} and "process" not in keys and isinstance(process, str):
         loaded.eta, loaded.lam = parse_process(process)
@@ -306,12 +310,36 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
     return validate(config)
 
 
+def _refuse_process_conflict(values: Any, where: str) -> None:
+    """Refuse ``process=D(a,b)`` given beside an ``eta`` or ``lam`` that says otherwise
+    (in one source, or in one set of overrides): one of them would be ignored."""
+    if not isinstance(values, (Mapping, DictConfig)) or "process" not in values:
+        return
+    process = values.get("process")
+    if not isinstance(process, str):
+        return  # None, or a wrong type that the schema refuses by name
+    given = dict(zip(("eta", "lam"), parse_process(process), strict=True))
+    for key, implied in given.items():
+        value = values.get(key)
+        try:
+            # format_process keeps 6 significant digits: a saved config.yaml agrees to those
+            differs = value is not None and not math.isclose(float(value), implied, rel_tol=1e-5)
+        except (TypeError, ValueError):
+            continue  # not a number: the schema refuses it by name
+        if differs:
+            raise ConfigError(
+                f"process={process} sets {key}={implied:g}, but {key}={value} is given too"
+                f"{where}; give process or eta and lam, not both"
+            )
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A validated Config from a plain (possibly nested) dictionary."""
     try:
         created = OmegaConf.create(values)
     except Exception as error:
         raise ConfigError(f"invalid config: {one_line(error)}") from None
+    _refuse_process_conflict(created, "")
     config: Config = _merge_to_object(OmegaConf.structured(Config), created)
     return validate(config)
 
@@ -344,6 +372,7 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         not schedule.nesterov or schedule.momentum > 0,
         f"{where}.nesterov=true needs momentum > 0",
     )
+    _warn_unreached_milestones(schedule, where)
     _check(
         schedule.lr_scaling in LR_SCALINGS,
         f"{where}.lr_scaling='{schedule.lr_scaling}' must be one of {', '.join(LR_SCALINGS)}",
@@ -352,6 +381,21 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         schedule.base_batch_size >= 1,
         f"{where}.base_batch_size={schedule.base_batch_size} must be >= 1",
     )
+
+
+def _warn_unreached_milestones(schedule: ScheduleConfig, where: str) -> None:
+    """Warn about multistep milestones that training never reaches (epochs count from 0
+    to epochs - 1, so a milestone at or past ``epochs`` never lowers the lr)."""
+    late = [m for m in schedule.milestones if m >= schedule.epochs]
+    if schedule.scheduler == "multistep" and late:
+        warnings.warn(
+            f"{where}.milestones={schedule.milestones}: {', '.join(map(str, late))} "
+            f"{'lies' if len(late) == 1 else 'lie'} at or past {where}.epochs={schedule.epochs}, "
+            "so the lr never decays there; "
+            "lower them or raise the epochs",
+            KdgenWarning,
+            stacklevel=2,
+        )
 
 
 def effective_lr(schedule: ScheduleConfig, global_batch: int) -> float:
@@ -412,14 +456,15 @@ def validate(config: Config) -> Config:
         setattr(config, item.name, getattr(typed, item.name))
     if config.process is not None:
         config.eta, config.lam = parse_process(config.process)
-    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in [0, 1]")
+    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in (0, 1]")
+    _check(
+        config.eta > 0,
+        "eta=0 trains the patriarch on the regulariser alone, without the labels "
+        "(eta * CE + (1 - eta) * R); use eta in (0, 1]",
+    )
     _check(_in_unit_interval(config.lam), f"lam={config.lam} must lie in [0, 1]")
     config.process = format_process(config.eta, config.lam)
     _validate_loss_names(config)
-    _check(
-        config.regularizer_form != "normalized" or config.eta > 0,
-        "regularizer_form=normalized divides by eta: eta must be > 0",
-    )
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
     _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
