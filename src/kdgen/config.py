@@ -26,7 +26,8 @@ from kdgen.errors import ConfigError, KdgenWarning, one_line
 
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
-PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -71,9 +72,12 @@ class ScheduleConfig:
     """Optimiser and learning-rate schedule of one generation."""
 
     epochs: int = 200
+    # sgd (momentum, nesterov) or adamw (betas); lr and weight_decay serve both.
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
     scheduler: str = "multistep"
     milestones: list[int] = field(default_factory=lambda: [100, 150])
@@ -82,6 +86,19 @@ class ScheduleConfig:
     # "linear": the lr is lr * data.batch_size / base_batch_size (the global batch).
     lr_scaling: str = "none"
     base_batch_size: int = 128
+    # Gradient accumulation: each global batch (data.batch_size) is cut into this many
+    # micro-batches, whose gradients add up before the one optimiser step of that batch.
+    accumulate_steps: int = 1
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, evaluated beside them (kdgen.ema)."""
+
+    # ema = decay * ema + (1 - decay) * weights after every optimiser step; 0: no EMA.
+    decay: float = 0.0
+    # The next generation learns from the EMA instead of the raw weights.
+    teach: bool = False
 
 
 @dataclass
@@ -110,7 +127,8 @@ class Config:
     patriarch: str | None = None
     seed: int = 0
     device: str = "auto"
-    # auto: bf16 autocast where the device computes bf16 natively, else fp32; or fp32, bf16.
+    # auto: bf16 autocast where the device computes bf16 natively, fp16 with loss scaling on
+    # CUDA cards with tensor cores but no bf16 (V100, T4), else fp32; or fp32, bf16, fp16.
     precision: str = "auto"
     # null (auto): the layout rule of kdgen.precision.auto_channels_last; or true, false.
     channels_last: bool | None = None
@@ -129,6 +147,7 @@ class Config:
     check_every: int = 50
     # torch.compile the training model; its compile time is the first epoch's extra seconds.
     compile: bool = False
+    ema: EmaConfig = field(default_factory=EmaConfig)
     out_dir: str | None = None
     tensorboard: bool = True
     progress: bool = True
@@ -381,6 +400,18 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         schedule.base_batch_size >= 1,
         f"{where}.base_batch_size={schedule.base_batch_size} must be >= 1",
     )
+    _check(
+        schedule.optimizer in OPTIMIZERS,
+        f"{where}.optimizer='{schedule.optimizer}' must be one of {', '.join(OPTIMIZERS)}",
+    )
+    _check(
+        len(schedule.betas) == 2 and all(0 <= beta < 1 for beta in schedule.betas),
+        f"{where}.betas={schedule.betas} must be two numbers in [0, 1)",
+    )
+    _check(
+        schedule.accumulate_steps >= 1,
+        f"{where}.accumulate_steps={schedule.accumulate_steps} must be >= 1",
+    )
 
 
 def _warn_unreached_milestones(schedule: ScheduleConfig, where: str) -> None:
@@ -473,10 +504,14 @@ def validate(config: Config) -> Config:
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
     )
     _check(
-        config.amp is not False or config.precision != "bf16",
-        "amp=false (the older name of precision=fp32) contradicts precision=bf16; "
+        config.amp is not False or config.precision in ("auto", "fp32"),
+        f"amp=false (the older name of precision=fp32) contradicts precision={config.precision}; "
         "drop amp and set precision",
     )
+    _check(
+        0 <= config.ema.decay < 1, f"ema.decay={config.ema.decay} must lie in [0, 1) (0: no EMA)"
+    )
+    _check(config.ema.decay > 0 or not config.ema.teach, "ema.teach=true needs ema.decay > 0")
     _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
     _check(config.eval_train_max >= 0, f"eval_train_max={config.eval_train_max} must be >= 0")
     _check(config.check_every >= 1, f"check_every={config.check_every} must be >= 1")
@@ -511,6 +546,13 @@ def validate(config: Config) -> Config:
             f"[0, {config.generations}]",
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
+    for generation in range(config.generations + 1):
+        steps = schedule_for(config, generation).accumulate_steps
+        _check(
+            steps <= data.batch_size,
+            f"schedule.accumulate_steps={steps} (generation {generation}) exceeds "
+            f"data.batch_size={data.batch_size}: every micro-batch needs an image",
+        )
     return config
 
 
@@ -540,8 +582,15 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "amp": None,
     "model_args": {},
     "student_loss": "kd",
+    "ema": {"decay": 0.0, "teach": False},
 }
-LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
+LATER_SCHEDULE_KEY_DEFAULTS: dict[str, Any] = {
+    "lr_scaling": "none",
+    "base_batch_size": 128,
+    "optimizer": "sgd",
+    "betas": [0.9, 0.999],
+    "accumulate_steps": 1,
+}
 
 
 def config_hash(config: Config, patriarch: Mapping[str, str] | None = None) -> str:
@@ -613,6 +662,7 @@ def config_diff(old: Config, new: Config) -> list[str]:
 __all__ = [
     "Config",
     "DataConfig",
+    "EmaConfig",
     "ImageFolderConfig",
     "ScheduleConfig",
     "SyntheticConfig",

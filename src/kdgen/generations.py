@@ -123,11 +123,18 @@ def _check_patriarch(
 
 
 def _load_patriarch(
-    config: Config, dataset: DataSource, device: torch.device, numerics: Numerics
+    config: Config,
+    dataset: DataSource,
+    device: torch.device,
+    numerics: Numerics,
+    ema: bool = False,
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`);
+    with ``ema`` the EMA of its weights (``gen0-ema.pt`` beside it)."""
     run_dir, path = patriarch_paths(config)
+    if ema:
+        path = path.with_name(RunFolder(run_dir).generation_checkpoint(0, ema=True).name)
     payload = load_checkpoint(path)
     _check_patriarch(config, run_dir, payload, device, numerics)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
@@ -163,12 +170,14 @@ def _model_checkpoint(
     }
 
 
-def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.Module) -> None:
-    payload = load_checkpoint(folder.generation_checkpoint(generation))
+def _load_generation(
+    folder: RunFolder, generation: int, digest: str, model: nn.Module, ema: bool = False
+) -> None:
+    """Load a finished generation's final weights (with ``ema``: their EMA) into ``model``."""
+    path = folder.generation_checkpoint(generation, ema)
+    payload = load_checkpoint(path)
     if payload.get("config_hash") != digest:
-        raise CheckpointError(
-            f"{folder.generation_checkpoint(generation)} belongs to another config"
-        )
+        raise CheckpointError(f"{path} belongs to another config")
     model.load_state_dict(payload["model"])
 
 
@@ -269,14 +278,20 @@ def _run_generations(
             teacher = None
             if teaches:
                 model = build_model(config, data.dataset, generation, device, channels_last)
-                _load_generation(folder, generation, digest, model)
+                _load_generation(folder, generation, digest, model, config.ema.teach)
                 teacher = freeze(model)
             continue
         model = build_model(config, data.dataset, generation, device, channels_last)
+        ema_model: nn.Module | None = None
         if generation == 0 and config.patriarch:
             model = _load_patriarch(config, data.dataset, device, numerics)
             final, outputs = _evaluate_splits(model, data, evaluation, numerics.precision, dist)
             final["train"], epochs = _patriarch_training(config)
+            if config.ema.decay > 0:
+                ema_model = _load_patriarch(config, data.dataset, device, numerics, ema=True)
+                final["ema"] = _evaluate_splits(
+                    ema_model, data, evaluation, numerics.precision, dist
+                )[0]
         else:
             resume_state = folder.resume_state(generation, digest, config)
             # A resume replays what was logged after its checkpoint: drop those records.
@@ -298,10 +313,17 @@ def _run_generations(
                 settings=train_settings(config, dist, stop_requested),
             )
             final, outputs, epochs = result.final, result.outputs, schedule.epochs
+            ema_model = result.ema_model
         folder.save_logits(generation, outputs)
+        if ema_model is not None:  # before gen{g}.pt, which marks the generation done
+            folder.save(
+                folder.generation_checkpoint(generation, ema=True),
+                _model_checkpoint(config, data.dataset, generation, ema_model, digest),
+            )
         _save_generation(config, folder, data, summary, digest, generation, model, final, epochs)
         dist.check_identical(model, f"M_{generation}")
-        teacher = freeze(model) if teaches else None
+        teaching = ema_model if config.ema.teach and ema_model is not None else model
+        teacher = freeze(teaching) if teaches else None
         dist.barrier()  # rank 0's gen{g}.pt and logits are on disk for every rank
     if dist.is_main():
         saved = {g: folder.load_logits(g) for g in range(config.generations + 1)}

@@ -183,8 +183,10 @@ class RunFolder:
         if self.writable:
             atomic_write_json(path, value)
 
-    def generation_checkpoint(self, generation: int) -> Path:
-        return self.checkpoints / f"gen{generation}.pt"
+    def generation_checkpoint(self, generation: int, ema: bool = False) -> Path:
+        """The final model of a generation, ``gen{g}.pt``; with ``ema`` the final EMA of
+        its weights, ``gen{g}-ema.pt`` (config ``ema.decay`` > 0)."""
+        return self.checkpoints / f"gen{generation}{'-ema' if ema else ''}.pt"
 
     @property
     def last_checkpoint(self) -> Path:
@@ -398,8 +400,9 @@ def summary_header(
 
 
 def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """A finished generation's entry in ``summary.json``: its final metrics per split."""
-    return {
+    """A finished generation's entry in ``summary.json``: its final metrics per split, and
+    those of the EMA of its weights (``"ema": {"val": ..., "test": ...}``) when it has one."""
+    entry = {
         "generation": generation,
         "teacher": None if generation == 0 else generation - 1,
         "epochs": epochs,
@@ -408,6 +411,9 @@ def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dic
         "val": final.get("val"),
         "test": final.get("test"),
     }
+    if final.get("ema") is not None:
+        entry["ema"] = final["ema"]
+    return entry
 
 
 def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
