@@ -114,7 +114,7 @@ def test_python_dash_m_kdgen_works() -> None:
         check=False,
     )
     assert completed.returncode == 2
-    assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in [0, 1]"
+    assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in (0, 1]"
 
 
 @pytest.mark.parametrize(
