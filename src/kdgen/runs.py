@@ -401,7 +401,8 @@ def summary_header(
 
 def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
     """A finished generation's entry in ``summary.json``: its final metrics per split, and
-    those of the EMA of its weights (``"ema": {"val": ..., "test": ...}``) when it has one."""
+    those of the EMA of its weights on the same splits (``"ema": {"val": ..., "test": ...,
+    "train_eval": ...}``) when it has one."""
     entry = {
         "generation": generation,
         "teacher": None if generation == 0 else generation - 1,
