@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from kdgen.build import load_data
 from kdgen.config import build_config
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.data.imagefolder import (
@@ -159,6 +160,26 @@ def test_a_run_on_an_image_folder_with_a_hierarchy_file(dataset_root: Path, tmp_
     classes = json.loads((result.path / "classes.json").read_text())
     assert classes["class_names"] == CLASSES
     assert classes["coarse_of_fine"] == [0, 0, 1]
+
+
+def test_no_hierarchy_warns_that_dist_c_and_s_are_null(dataset_root: Path) -> None:
+    with pytest.warns(UserWarning, match="no class hierarchy.*data.hierarchy=FILE.json"):
+        data = load_image_folder(dataset_root, workers=0)
+    assert data.hierarchy is None
+
+
+def test_default_workers_are_at_most_the_usable_cores(
+    dataset_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load_image_folder(dataset_root).workers == 2
+    assert load_image_folder(dataset_root, workers=3).workers == 3  # an explicit choice stays
+    config = build_config(
+        "smoke", ["data.name=imagefolder", f"data.root={dataset_root}", "data.val_size=3"]
+    )
+    assert config.data.imagefolder.workers is None
+    assert load_data(config).workers == 2
 
 
 def test_workers_and_pinning(dataset_root: Path) -> None:

@@ -159,6 +159,7 @@ def train_settings(
         max_grad_norm=config.max_grad_norm,
         check_every=config.check_every,
         compile_model=config.compile,
+        ema_decay=config.ema.decay,
     )
 
 

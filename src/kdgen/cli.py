@@ -14,11 +14,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdgen.errors import KdgenError, one_line
+from kdgen.errors import KdgenError, KdgenWarning, one_line
 from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
@@ -133,6 +134,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from kdgen.executors import exit_status, outcomes_table
     from kdgen.sweep import format_commands, plan_sweep, read_plan, write_plan
 
+    if args.jobs is not None and args.jobs < 1:
+        raise KdgenError(f"--jobs {args.jobs} must be at least 1 (trainings at once)")
     if args.resume:
         out = Path(args.resume)
         preset, runs, saved = read_plan(out)
@@ -173,9 +176,10 @@ def _executor_settings(args: argparse.Namespace, saved: dict[str, Any]) -> dict[
     """How to execute the sweep: the options given, else those saved in sweep.json."""
     names = ("executor", "jobs", "share_gpus", *SLURM_SETTINGS)
     settings = {name: saved.get(name) for name in names}
-    settings.update({name: getattr(args, name) for name in names if getattr(args, name)})
+    given = {name: getattr(args, name) for name in names}
+    settings.update({n: v for n, v in given.items() if v is not None and v is not False})
     settings["executor"] = settings["executor"] or "local"
-    settings["jobs"] = settings["jobs"] or 1
+    settings["jobs"] = 1 if settings["jobs"] is None else settings["jobs"]
     settings["share_gpus"] = bool(settings["share_gpus"])
     return {key: value for key, value in settings.items() if value is not None}
 
@@ -422,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(parser, list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.func(args))
     except KdgenError as error:
         if args.debug:
             raise
@@ -442,6 +448,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _prints():
             print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints kdgen's own warnings as one line on stderr
+    (``kdgen: warning: ...``) and hands the others to ``show``."""
+
+    def show_warning(
+        message: Warning | str, category: type[Warning], *where: Any, **more: Any
+    ) -> None:
+        if not issubclass(category, KdgenWarning):
+            show(message, category, *where, **more)
+        elif _prints():
+            print(f"kdgen: warning: {one_line(message)}", file=sys.stderr)
+
+    return show_warning
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -20,11 +22,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdgen.errors import ConfigError, one_line
+from kdgen.errors import ConfigError, KdgenWarning, one_line
 
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
-PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -41,7 +44,8 @@ class ImageFolderConfig:
     """Crop size and DataLoader workers of ``imagefolder`` data (``kdgen.data.imagefolder``)."""
 
     image_size: int = 224
-    workers: int = 4
+    # null: min(4, the cores this process may use); see kdgen.data.imagefolder.default_workers.
+    workers: int | None = None
 
 
 @dataclass
@@ -68,9 +72,12 @@ class ScheduleConfig:
     """Optimiser and learning-rate schedule of one generation."""
 
     epochs: int = 200
+    # sgd (momentum, nesterov) or adamw (betas); lr and weight_decay serve both.
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
     scheduler: str = "multistep"
     milestones: list[int] = field(default_factory=lambda: [100, 150])
@@ -79,6 +86,19 @@ class ScheduleConfig:
     # "linear": the lr is lr * data.batch_size / base_batch_size (the global batch).
     lr_scaling: str = "none"
     base_batch_size: int = 128
+    # Gradient accumulation: each global batch (data.batch_size) is cut into this many
+    # micro-batches, whose gradients add up before the one optimiser step of that batch.
+    accumulate_steps: int = 1
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, evaluated beside them (kdgen.ema)."""
+
+    # ema = decay * ema + (1 - decay) * weights after every optimiser step; 0: no EMA.
+    decay: float = 0.0
+    # The next generation learns from the EMA instead of the raw weights.
+    teach: bool = False
 
 
 CHOICE_METRICS = ("val_top1", "val_nll")
@@ -141,7 +161,8 @@ class Config:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     seed: int = 0
     device: str = "auto"
-    # auto: bf16 autocast where the device computes bf16 natively, else fp32; or fp32, bf16.
+    # auto: bf16 autocast where the device computes bf16 natively, fp16 with loss scaling on
+    # CUDA cards with tensor cores but no bf16 (V100, T4), else fp32; or fp32, bf16, fp16.
     precision: str = "auto"
     # null (auto): the layout rule of kdgen.precision.auto_channels_last; or true, false.
     channels_last: bool | None = None
@@ -160,6 +181,7 @@ class Config:
     check_every: int = 50
     # torch.compile the training model; its compile time is the first epoch's extra seconds.
     compile: bool = False
+    ema: EmaConfig = field(default_factory=EmaConfig)
     out_dir: str | None = None
     tensorboard: bool = True
     progress: bool = True
@@ -201,11 +223,15 @@ def list_presets() -> list[str]:
 
 
 def preset_description(name: str) -> str:
-    """The first comment line of a preset's YAML."""
+    """The first sentence of a preset's leading comment (which may span several lines)."""
+    lines = []
     for line in _preset_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    comment = " ".join(lines)
+    end = re.search(r"\.(\s|$)", comment)
+    return comment[: end.start() + 1] if end else comment
 
 
 def _preset_text(name: str) -> str:
@@ -327,6 +353,8 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
         except Exception as error:  # yaml and OmegaConf errors come in several types
             raise ConfigError(f"cannot parse override '{item}': {one_line(error)}") from None
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    _refuse_process_conflict(OmegaConf.merge(*parsed) if parsed else {}, "")
+    _refuse_process_conflict(loaded, f" in {source}")
     process = OmegaConf.select(loaded, "process", default=None, throw_on_resolution_failure=False)
     if keys & {"eta", "lam"} and "process" not in keys and isinstance(process, str):
         loaded.eta, loaded.lam = parse_process(process)
@@ -335,12 +363,36 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
     return validate(config)
 
 
+def _refuse_process_conflict(values: Any, where: str) -> None:
+    """Refuse ``process=D(a,b)`` given beside an ``eta`` or ``lam`` that says otherwise
+    (in one source, or in one set of overrides): one of them would be ignored."""
+    if not isinstance(values, (Mapping, DictConfig)) or "process" not in values:
+        return
+    process = values.get("process")
+    if not isinstance(process, str):
+        return  # None, or a wrong type that the schema refuses by name
+    given = dict(zip(("eta", "lam"), parse_process(process), strict=True))
+    for key, implied in given.items():
+        value = values.get(key)
+        try:
+            # format_process keeps 6 significant digits: a saved config.yaml agrees to those
+            differs = value is not None and not math.isclose(float(value), implied, rel_tol=1e-5)
+        except (TypeError, ValueError):
+            continue  # not a number: the schema refuses it by name
+        if differs:
+            raise ConfigError(
+                f"process={process} sets {key}={implied:g}, but {key}={value} is given too"
+                f"{where}; give process or eta and lam, not both"
+            )
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A validated Config from a plain (possibly nested) dictionary."""
     try:
         created = OmegaConf.create(values)
     except Exception as error:
         raise ConfigError(f"invalid config: {one_line(error)}") from None
+    _refuse_process_conflict(created, "")
     config: Config = _merge_to_object(OmegaConf.structured(Config), created)
     return validate(config)
 
@@ -373,6 +425,7 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         not schedule.nesterov or schedule.momentum > 0,
         f"{where}.nesterov=true needs momentum > 0",
     )
+    _warn_unreached_milestones(schedule, where)
     _check(
         schedule.lr_scaling in LR_SCALINGS,
         f"{where}.lr_scaling='{schedule.lr_scaling}' must be one of {', '.join(LR_SCALINGS)}",
@@ -381,6 +434,33 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         schedule.base_batch_size >= 1,
         f"{where}.base_batch_size={schedule.base_batch_size} must be >= 1",
     )
+    _check(
+        schedule.optimizer in OPTIMIZERS,
+        f"{where}.optimizer='{schedule.optimizer}' must be one of {', '.join(OPTIMIZERS)}",
+    )
+    _check(
+        len(schedule.betas) == 2 and all(0 <= beta < 1 for beta in schedule.betas),
+        f"{where}.betas={schedule.betas} must be two numbers in [0, 1)",
+    )
+    _check(
+        schedule.accumulate_steps >= 1,
+        f"{where}.accumulate_steps={schedule.accumulate_steps} must be >= 1",
+    )
+
+
+def _warn_unreached_milestones(schedule: ScheduleConfig, where: str) -> None:
+    """Warn about multistep milestones that training never reaches (epochs count from 0
+    to epochs - 1, so a milestone at or past ``epochs`` never lowers the lr)."""
+    late = [m for m in schedule.milestones if m >= schedule.epochs]
+    if schedule.scheduler == "multistep" and late:
+        warnings.warn(
+            f"{where}.milestones={schedule.milestones}: {', '.join(map(str, late))} "
+            f"{'lies' if len(late) == 1 else 'lie'} at or past {where}.epochs={schedule.epochs}, "
+            "so the lr never decays there; "
+            "lower them or raise the epochs",
+            KdgenWarning,
+            stacklevel=2,
+        )
 
 
 def effective_lr(schedule: ScheduleConfig, global_batch: int) -> float:
@@ -549,14 +629,15 @@ def validate(config: Config) -> Config:
         setattr(config, item.name, getattr(typed, item.name))
     if config.process is not None:
         config.eta, config.lam = parse_process(config.process)
-    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in [0, 1]")
+    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in (0, 1]")
+    _check(
+        config.eta > 0,
+        "eta=0 trains the patriarch on the regulariser alone, without the labels "
+        "(eta * CE + (1 - eta) * R); use eta in (0, 1]",
+    )
     _check(_in_unit_interval(config.lam), f"lam={config.lam} must lie in [0, 1]")
     config.process = format_process(config.eta, config.lam)
     _validate_loss_names(config)
-    _check(
-        config.regularizer_form != "normalized" or config.eta > 0,
-        "regularizer_form=normalized divides by eta: eta must be > 0",
-    )
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
     _validate_generations(config)
@@ -565,10 +646,14 @@ def validate(config: Config) -> Config:
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
     )
     _check(
-        config.amp is not False or config.precision != "bf16",
-        "amp=false (the older name of precision=fp32) contradicts precision=bf16; "
+        config.amp is not False or config.precision in ("auto", "fp32"),
+        f"amp=false (the older name of precision=fp32) contradicts precision={config.precision}; "
         "drop amp and set precision",
     )
+    _check(
+        0 <= config.ema.decay < 1, f"ema.decay={config.ema.decay} must lie in [0, 1) (0: no EMA)"
+    )
+    _check(config.ema.decay > 0 or not config.ema.teach, "ema.teach=true needs ema.decay > 0")
     _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
     _check(config.eval_train_max >= 0, f"eval_train_max={config.eval_train_max} must be >= 0")
     _check(config.check_every >= 1, f"check_every={config.check_every} must be >= 1")
@@ -587,7 +672,10 @@ def validate(config: Config) -> Config:
     _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
     folder = data.imagefolder
     _check(folder.image_size >= 1, f"data.imagefolder.image_size={folder.image_size} must be >= 1")
-    _check(folder.workers >= 0, f"data.imagefolder.workers={folder.workers} must be >= 0")
+    _check(
+        folder.workers is None or folder.workers >= 0,
+        f"data.imagefolder.workers={folder.workers} must be >= 0 (or null: min(4, cores))",
+    )
     _check(
         data.train_subset is None or data.train_subset >= 1,
         f"data.train_subset={data.train_subset} must be >= 1",
@@ -601,6 +689,13 @@ def validate(config: Config) -> Config:
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
     _validate_snapshot(config)
+    for generation in range(max_generation(config) + 1):
+        steps = schedule_for(config, generation).accumulate_steps
+        _check(
+            steps <= data.batch_size,
+            f"schedule.accumulate_steps={steps} (generation {generation}) exceeds "
+            f"data.batch_size={data.batch_size}: every micro-batch needs an image",
+        )
     return config
 
 
@@ -632,8 +727,15 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "student_loss": "kd",
     "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
     "auto": {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 5},
+    "ema": {"decay": 0.0, "teach": False},
 }
-LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
+LATER_SCHEDULE_KEY_DEFAULTS: dict[str, Any] = {
+    "lr_scaling": "none",
+    "base_batch_size": 128,
+    "optimizer": "sgd",
+    "betas": [0.9, 0.999],
+    "accumulate_steps": 1,
+}
 
 
 def config_hash(config: Config, patriarch: Mapping[str, str] | None = None) -> str:
@@ -664,6 +766,8 @@ def _hashed_values(config: Config) -> dict[str, Any]:
     _drop_defaults(values, LATER_KEY_DEFAULTS)
     _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
     values["data"].update(values["data"].pop("imagefolder"))  # hashed under their old names
+    if values["data"]["workers"] is None:  # the null default is hashed as the old default, 4
+        values["data"]["workers"] = 4
     return values
 
 
@@ -704,6 +808,7 @@ __all__ = [
     "AutoConfig",
     "Config",
     "DataConfig",
+    "EmaConfig",
     "ImageFolderConfig",
     "ScheduleConfig",
     "SnapshotConfig",

@@ -30,3 +30,8 @@ class RunDirError(KdgenError):
 def one_line(message: object) -> str:
     """A message, or an exception's, folded onto one line (some library errors span several)."""
     return " ".join(str(message).split())
+
+
+class KdgenWarning(UserWarning):
+    """A setting that kdgen accepts but that likely does not do what was meant (e.g. lr
+    milestones past the last epoch); the CLI prints each as one line."""

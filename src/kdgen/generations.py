@@ -127,11 +127,18 @@ def _check_patriarch(
 
 
 def _load_patriarch(
-    config: Config, dataset: DataSource, device: torch.device, numerics: Numerics
+    config: Config,
+    dataset: DataSource,
+    device: torch.device,
+    numerics: Numerics,
+    ema: bool = False,
 ) -> nn.Module:
     """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)."""
+    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`);
+    with ``ema`` the EMA of its weights (``gen0-ema.pt`` beside it)."""
     run_dir, path = patriarch_paths(config)
+    if ema:
+        path = path.with_name(RunFolder(run_dir).generation_checkpoint(0, ema=True).name)
     payload = load_checkpoint(path)
     _check_patriarch(config, run_dir, payload, device, numerics)
     expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
@@ -168,12 +175,14 @@ def _model_checkpoint(
     }
 
 
-def _load_generation(folder: RunFolder, generation: int, digest: str, model: nn.Module) -> None:
-    payload = load_checkpoint(folder.generation_checkpoint(generation))
+def _load_generation(
+    folder: RunFolder, generation: int, digest: str, model: nn.Module, ema: bool = False
+) -> None:
+    """Load a finished generation's final weights (with ``ema``: their EMA) into ``model``."""
+    path = folder.generation_checkpoint(generation, ema)
+    payload = load_checkpoint(path)
     if payload.get("config_hash") != digest:
-        raise CheckpointError(
-            f"{folder.generation_checkpoint(generation)} belongs to another config"
-        )
+        raise CheckpointError(f"{path} belongs to another config")
     model.load_state_dict(payload["model"])
 
 
@@ -281,12 +290,18 @@ def _train_stages(run: _Run, stages: list[Stage], summary: dict[str, Any]) -> in
         if stop_requested():
             raise TrainingStopped(stage.index, 0, 0)  # between stages: nothing to save
         result, epochs = _train_stage(run, stage, handover, stop_requested)
-        model = result.model
+        model, ema_model = result.model, result.ema_model
+        if ema_model is not None:  # before gen{i}.pt, which marks the stage done
+            run.folder.save(
+                run.folder.generation_checkpoint(stage.index, ema=True),
+                _model_checkpoint(run.config, run.data.dataset, stage, ema_model, run.digest),
+            )
         entry = generation_entry(stage.index, result.final, epochs, stage.kind, stage.teacher)
         checkpoint = _model_checkpoint(run.config, run.data.dataset, stage, model, run.digest)
         run.folder.save_stage(summary, entry, checkpoint, result.outputs)
         run.dist.check_identical(model, f"M_{stage.index}")
-        teacher = freeze(model) if stage.teaches else None
+        teaching = ema_model if run.config.ema.teach and ema_model is not None else model
+        teacher = freeze(teaching) if stage.teaches else None
         handover = _Handover(
             stage.index, epochs, teacher, model.state_dict(), result.optimizer_state
         )
@@ -331,7 +346,7 @@ def _summarise(run: _Run, summary: dict[str, Any], last: int) -> None:
 def _load_teacher(run: _Run, stage: Stage) -> nn.Module:
     """The saved final model of a finished stage, frozen to teach the next one."""
     model = run.build(stage.index)
-    _load_generation(run.folder, stage.index, run.digest, model)
+    _load_generation(run.folder, stage.index, run.digest, model, run.config.ema.teach)
     return freeze(model)
 
 
@@ -347,7 +362,13 @@ def _train_stage(
         model = _load_patriarch(config, data.dataset, run.device, run.numerics)
         final, outputs = _evaluate_splits(model, data, run.evaluation, run.numerics, run.dist)
         final["train"], epochs = _patriarch_training(config)
-        return GenerationResult(model, final, outputs), epochs
+        ema_model = None
+        if config.ema.decay > 0:
+            ema_model = _load_patriarch(config, data.dataset, run.device, run.numerics, ema=True)
+            final["ema"] = _evaluate_splits(
+                ema_model, data, run.evaluation, run.numerics, run.dist
+            )[0]
+        return GenerationResult(model, final, outputs, ema_model=ema_model), epochs
     resume_state = run.folder.resume_stage(stage.index, run.digest, config)
     optimizer_state = None
     if stage.carries_on and resume_state is None:

@@ -249,6 +249,7 @@ _NOT_PATRIARCH_SHAPING = {
     "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
     "regularize_all_teachers", "temperature", "data.root", "data.download",
     "data.eval_batch_size", "data.imagefolder.workers", "data.hierarchy", "student_loss",
+    "ema.teach",
 }  # fmt: skip
 # The settings that choose the numerics: compared as resolved (Numerics), not as written.
 _NUMERICS_SETTINGS = {"precision", "amp", "channels_last"}

@@ -184,8 +184,10 @@ class RunFolder:
         if self.writable:
             atomic_write_json(path, value)
 
-    def generation_checkpoint(self, generation: int) -> Path:
-        return self.checkpoints / f"gen{generation}.pt"
+    def generation_checkpoint(self, generation: int, ema: bool = False) -> Path:
+        """The final model of a generation, ``gen{g}.pt``; with ``ema`` the final EMA of
+        its weights, ``gen{g}-ema.pt`` (config ``ema.decay`` > 0)."""
+        return self.checkpoints / f"gen{generation}{'-ema' if ema else ''}.pt"
 
     @property
     def last_checkpoint(self) -> Path:
@@ -502,8 +504,10 @@ def generation_entry(
 ) -> dict[str, Any]:
     """A finished stage's entry in ``summary.json``: its index (``generation``, also for
     a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), the stage that taught it
-    (None: none), its epochs and its final metrics per split."""
-    return {
+    (None: none), its epochs and its final metrics per split, and those of the EMA of its
+    weights on the same splits (``"ema": {"val": ..., "test": ..., "train_eval": ...}``)
+    when it has one."""
+    entry = {
         "generation": generation,
         "stage": stage,
         "teacher": teacher,
@@ -513,6 +517,9 @@ def generation_entry(
         "val": final.get("val"),
         "test": final.get("test"),
     }
+    if final.get("ema") is not None:
+        entry["ema"] = final["ema"]
+    return entry
 
 
 def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kdgen.config import build_config, parse_process, process_slug
+from kdgen.config import build_config, config_hash, parse_process, process_slug
 from kdgen.errors import ConfigError, RunDirError
 from kdgen.losses import REGULARIZERS
 from kdgen.policy import patriarch_key
@@ -75,6 +75,7 @@ def plan_sweep(
     runs = []
     for seed in seeds:
         owners: dict[tuple[object, ...], str] = {}
+        specs_of: dict[str, str] = {}  # config hash -> the spec that gave it
         for spec in specs:
             process, regularizer = parse_spec(spec)
             label = process if regularizer is None else f"{process}:{regularizer}"
@@ -83,6 +84,12 @@ def plan_sweep(
                 extra.append(f"regularizer={regularizer}")
             path = str(out / process_slug(label) / f"seed{seed}")
             config = build_config(preset, [*overrides, *extra])  # validates every run up front
+            twin = specs_of.setdefault(config_hash(config), spec)
+            if twin != spec:
+                raise ConfigError(
+                    f"--processes lists one run twice: '{twin}' and '{spec}' are the same "
+                    f"process ({config.process}); list it once"
+                )
             key = patriarch_key(config)
             owner = path if key is None else owners.setdefault(key, path)
             shared = owner if owner != path else None

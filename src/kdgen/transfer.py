@@ -274,6 +274,20 @@ def _check_settings(
         raise ConfigError(f"max_iter={max_iter} must be at least 1")
 
 
+def _check_subsets_hold_every_class(
+    target: ImageDataset, train_subset: int | None, test_subset: int | None
+) -> None:
+    """A stratified subset smaller than the classes leaves some out: the probe would never
+    learn them, or the test would never ask for them."""
+    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None and value < target.num_classes:
+            raise ConfigError(
+                f"{name}={value} is smaller than the {target.num_classes} classes of "
+                f"{target.name}, so some classes would be left out; take at least "
+                f"{target.num_classes} images (or all: leave it unset)"
+            )
+
+
 def _subset(split: ImageSplit, size: int | None, seed: int) -> ImageSplit:
     return split if size is None else stratified_subset(split, size, seed)
 
@@ -327,6 +341,7 @@ def transfer_run(
     folder = RunFolder(run_dir)
     generations = folder.require_generations()
     target = load_dataset(data, root, download, **(options or {}))
+    _check_subsets_hold_every_class(target, train_subset, test_subset)
     config = folder.read_config()
     source = load_data(config)
     torch_device = resolve_device(device)

@@ -17,6 +17,8 @@ centre crop (ImageNet's recipe); both are normalised on the CPU workers.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,21 @@ from kdgen.seeding import seeded_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_DEFAULT_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it), the
+    number torch's DataLoader compares its workers with."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """``data.imagefolder.workers=null``: 4 DataLoader workers, or one per usable core
+    when there are fewer (more workers than cores only contend, and torch warns)."""
+    return min(MAX_DEFAULT_WORKERS, usable_cores())
 
 
 def train_transform(
@@ -278,7 +295,7 @@ class FolderData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hierarchy: Hierarchy | None = None
-    workers: int = 4
+    workers: int = MAX_DEFAULT_WORKERS
 
     @property
     def num_classes(self) -> int:
@@ -363,7 +380,7 @@ def load_image_folder(
     image_size: int = 224,
     val_size: int = 0,
     seed: int = 0,
-    workers: int = 4,
+    workers: int | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     hierarchy_file: str | Path | None = None,
@@ -373,7 +390,8 @@ def load_image_folder(
 
     The hierarchy is read from ``hierarchy_file`` (see :meth:`Hierarchy.from_json`) when
     given, else from WordNet when the class names are WordNet ids (None, with a warning,
-    when WordNet is not installed), else None.
+    when WordNet is not installed), else None (with a warning: Dist^C and Dist^S are then
+    null). ``workers`` None is :func:`default_workers`.
     """
     root = Path(root).expanduser()
     if image_size < 1 or len(mean) != 3 or len(std) != 3:
@@ -397,7 +415,7 @@ def load_image_folder(
         mean=tuple(mean),
         std=tuple(std),
         hierarchy=_hierarchy(names, hierarchy_file),
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
     )
 
 
@@ -442,4 +460,9 @@ def _hierarchy(names: list[str], hierarchy_file: str | Path | None) -> Hierarchy
         return Hierarchy.from_json(hierarchy_file, names)
     if looks_like_wnids(names):
         return wordnet_hierarchy(names)
+    warnings.warn(
+        "imagefolder: no class hierarchy for these class names, so Dist^C/Dist^S are null; "
+        'give one with data.hierarchy=FILE.json ({"class": "parent or coarse label", ...})',
+        stacklevel=3,
+    )
     return None
