@@ -166,6 +166,9 @@ class DatasetLoader:
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            # Its own generator: otherwise every epoch's iterator draws a seed from torch's
+            # global one, the stream of dropout and the like (items are seeded anyway).
+            generator=torch.Generator().manual_seed(seed),
         )
 
     @property
