@@ -37,6 +37,7 @@ from kdgen.config import (
     config_diff,
     config_from_yaml,
     effective_lr,
+    not_recorded,
     schedule_for,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
@@ -370,7 +371,10 @@ def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
 def summary_header(
     config: Config, dataset: DataSource, digest: str, numerics: Numerics | None = None
 ) -> dict[str, Any]:
-    """``summary.json`` before any generation: the method's settings and the run's."""
+    """``summary.json`` before any generation: the method's settings and the run's, and
+    ``not_recorded`` naming the caller's Python objects that stand in for the model or the
+    data (:func:`kdgen.config.not_recorded`), when there are any."""
+    unrecorded = not_recorded(config)
     return {
         "name": config.name,
         "process": config.process,
@@ -383,6 +387,7 @@ def summary_header(
         "temperature": config.temperature,
         "model": config.model,
         "data": config.data.name,
+        **({"not_recorded": unrecorded} if unrecorded else {}),
         "num_classes": dataset.num_classes,
         "seed": config.seed,
         **(numerics.record() if numerics else {}),

@@ -328,6 +328,11 @@ def transfer_run(
     target = load_dataset(data, root, download, **(options or {}))
     config = folder.read_config()
     source = load_data(config)
+    if not hasattr(source, "image_size"):
+        raise ConfigError(
+            f"kdgen transfer probes models of images; the data of {folder.path} "
+            f"({config.data.name}) are not images of one size"
+        )
     torch_device = resolve_device(device)
     size = source.image_size
     size = (size, size) if isinstance(size, int) else size
