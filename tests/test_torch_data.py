@@ -21,6 +21,7 @@ from kdgen.data import TorchData
 from kdgen.data.dataset_loader import DatasetLoader
 from kdgen.errors import ConfigError, DataError, RunDirError
 from kdgen.preemption import TrainingStopped
+from kdgen.report import write_report
 from kdgen.runs import RunFolder
 
 FEATURES, CLASSES = 20, 5
@@ -219,7 +220,7 @@ def _streams(config: Config, **kwargs: object) -> list[list[str]]:
 
 @pytest.mark.slow
 def test_a_tabular_run_learns_and_resumes_mid_epoch_exactly(
-    tabular_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+    tabular_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     overrides = ("process=D(0.6,0.6)", "generations=2", "schedule.epochs=4", "schedule.lr=0.1")
     data = tabular_data(Jittered(tabular(300, 1)))
@@ -258,3 +259,5 @@ def test_a_tabular_run_learns_and_resumes_mid_epoch_exactly(
     rows, labels = data.test.tensors  # type: ignore[attr-defined]
     top1 = (model(rows).argmax(1) == labels).float().mean().item()
     assert top1 == pytest.approx(resumed["generations"][2]["test"]["top1"], abs=1e-6)
+    report = write_report([tmp_path], tmp_path / "report").read_text()
+    assert "Not recorded: the model of 2 runs and the data of 2 runs were Python objects" in report
