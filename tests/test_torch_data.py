@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 import kdgen
 from kdgen import preemption
-from kdgen.build import load_data, prepare_data, with_user_objects
+from kdgen.build import factory_name, load_data, prepare_data, with_user_objects
 from kdgen.config import NOT_RECORDED, Config, build_config, config_hash
 from kdgen.data import TorchData
 from kdgen.data.dataset_loader import DatasetLoader
@@ -51,8 +52,12 @@ class Jittered(Dataset):
         return features + 0.1 * torch.randn(FEATURES), int(label)
 
 
+def mlp_of_width(num_classes: int, width: int = 32) -> nn.Module:
+    return nn.Sequential(nn.Linear(FEATURES, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
 def mlp(num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, num_classes))
+    return mlp_of_width(num_classes)
 
 
 # model instance -> checksums of the training batches it saw, in order (as test_streams)
@@ -167,6 +172,10 @@ def test_user_objects_are_named_in_the_config_and_its_hash(
     assert len({config_hash(config), config_hash(mine), config_hash(other)}) == 3
     assert with_user_objects(config) is config
     assert load_data(mine) is data
+    assert factory_name(partial(mlp_of_width, width=8)) == (
+        "tests.test_torch_data.mlp_of_width(width=8)"
+    )
+    assert factory_name(RecordingMLP) == "tests.test_torch_data.RecordingMLP"
     # Rebuilt from the same rows: the same description; one label changed: another.
     assert tabular_data().describe() == data.describe()
     relabelled = tabular(300, 1)

@@ -9,6 +9,7 @@ run's config records in their place.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -71,8 +72,7 @@ def with_user_objects(
                 f"model_args ({', '.join(sorted(config.model_args))}) go to a named model, "
                 "not to a model factory: build them into the factory"
             )
-        owner = model if hasattr(model, "__qualname__") else type(model)
-        name = f"<user factory: {owner.__module__}.{owner.__qualname__}>"
+        name = f"<user factory: {factory_name(model)}>"
         _USER_FACTORIES[name] = model
         config = replace(config, model=name)
     if data is not None:
@@ -82,6 +82,17 @@ def with_user_objects(
         _USER_DATA[name] = data
         config = replace(config, data=replace(config.data, name=name, val_size=data.val_size))
     return config
+
+
+def factory_name(factory: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function or class (of a callable object's class); for a
+    ``functools.partial``, that of its function with the bound arguments' reprs."""
+    if isinstance(factory, functools.partial):
+        bound = [repr(value) for value in factory.args]
+        bound += [f"{key}={value!r}" for key, value in factory.keywords.items()]
+        return f"{factory_name(factory.func)}({', '.join(bound)})"
+    owner = factory if hasattr(factory, "__qualname__") else type(factory)
+    return f"{owner.__module__}.{owner.__qualname__}"
 
 
 def require_user_objects(config: Config) -> None:
