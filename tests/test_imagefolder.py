@@ -12,14 +12,9 @@ from PIL import Image
 
 from kdgen.build import load_data
 from kdgen.config import build_config
+from kdgen.data.dataset_loader import DatasetLoader, shard_batches
 from kdgen.data.hierarchy import Hierarchy
-from kdgen.data.imagefolder import (
-    FolderLoader,
-    eval_transform,
-    load_image_folder,
-    shard_batches,
-    train_transform,
-)
+from kdgen.data.imagefolder import eval_transform, load_image_folder, train_transform
 from kdgen.errors import DataError
 from kdgen.generations import train_generations
 
@@ -90,6 +85,20 @@ def test_shuffled_order_is_a_function_of_seed_and_epoch(dataset_root: Path) -> N
     assert order(0, 1) != order(1, 1)
     flat = [i for batch in order(0, 1) for i in batch]
     assert len(flat) == len(set(flat)) == 18
+
+
+def test_crops_and_flips_are_a_function_of_seed_generation_and_epoch(dataset_root: Path) -> None:
+    def images(workers: int, generation: int, epoch: int) -> torch.Tensor:
+        data = load_image_folder(dataset_root, image_size=SIZE, workers=workers)
+        train, _ = data.loaders(6, 6, seed=0)
+        train.set_generation(generation)
+        train.set_epoch(epoch)
+        return torch.cat([batch for batch, _ in train])
+
+    first = images(0, 0, 1)
+    assert torch.equal(first, images(0, 0, 1))
+    assert torch.equal(first, images(1, 0, 1))  # a worker process draws the same crops
+    assert not torch.equal(first, images(0, 0, 2)) and not torch.equal(first, images(0, 1, 1))
 
 
 def test_sharding_splits_each_global_batch() -> None:
@@ -236,6 +245,6 @@ def test_unreadable_image(dataset_root: Path, tmp_path: Path, workers: int) -> N
 def test_loader_rejects_bad_batch_size(dataset_root: Path) -> None:
     data = load_image_folder(dataset_root, workers=0)
     with pytest.raises(DataError, match="batch_size=0"):
-        FolderLoader(data.test, 0)
+        DatasetLoader(data.test, 0)
     with pytest.raises(DataError, match="exceeds the 18 training images"):
         data.loaders(19, 4)

@@ -9,7 +9,7 @@ The Python API mirrors the command line::
 """
 
 from kdgen.config import Config, build_config, config_from_dict, list_presets
-from kdgen.data import ImageDataset, list_datasets, load_dataset
+from kdgen.data import ImageDataset, TorchData, list_datasets, load_dataset
 from kdgen.engine import TrainSettings, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, DataError, KdgenError, RunDirError
 from kdgen.evaluation import evaluate_run, load_generation_model
@@ -27,6 +27,7 @@ __all__ = [
     "KdgenError",
     "RunDirError",
     "RunResult",
+    "TorchData",
     "TrainSettings",
     "build_config",
     "config_from_dict",

@@ -2,21 +2,24 @@
 hierarchy, the precision and layout, and the models of each generation.
 
 Training (:mod:`kdgen.generations`), re-evaluation (:mod:`kdgen.evaluation`), transfer,
-the report and the benchmarks all build their pieces here, the same way.
+the report and the benchmarks all build their pieces here, the same way. A caller's own
+model factory and data (:func:`with_user_objects`) are built here too, by the names a
+run's config records in their place.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from kdgen import preemption
-from kdgen.config import Config, precision_setting
-from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
+from kdgen.config import Config, is_user_object, precision_setting
+from kdgen.data import Augment, DataSource, Loader, LoaderSettings, TorchData, load_source
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, TrainSettings
@@ -25,6 +28,14 @@ from kdgen.models import create_model
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
 from kdgen.runs import RunFolder, check_identity, load_checkpoint
 from kdgen.seeding import derive_seed
+
+ModelFactory = Callable[[int], nn.Module]
+"""A caller's model: ``factory(num_classes) -> nn.Module``."""
+
+# The Python objects this process was handed (:func:`with_user_objects`), by the names a
+# run's config records in their place.
+_USER_FACTORIES: dict[str, ModelFactory] = {}
+_USER_DATA: dict[str, TorchData] = {}
 
 
 @dataclass
@@ -43,8 +54,70 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def with_user_objects(
+    config: Config, model: ModelFactory | None = None, data: TorchData | None = None
+) -> Config:
+    """``config`` with a caller's model factory and data in place of its ``model`` and
+    ``data.name``, or ``config`` itself when neither is given.
+
+    The copy names them by description, ``<user factory: module.qualname>`` and
+    ``<user TorchData: ...>`` (:func:`kdgen.config.is_user_object`): that is all a run
+    folder can record of them, and it is part of the config hash, so such a run never
+    passes for one of a named model or data set. ``data.val_size`` becomes the TorchData's.
+    The objects stay buildable under those names for the rest of this process.
+    """
+    if model is not None:
+        if config.model_args:
+            raise ConfigError(
+                f"model_args ({', '.join(sorted(config.model_args))}) go to a named model, "
+                "not to a model factory: build them into the factory"
+            )
+        name = f"<user factory: {factory_name(model)}>"
+        _USER_FACTORIES[name] = model
+        config = replace(config, model=name)
+    if data is not None:
+        if not isinstance(data, TorchData):
+            raise ConfigError(f"data= takes a kdgen.TorchData, not {type(data).__name__}")
+        name = data.describe()
+        _USER_DATA[name] = data
+        config = replace(config, data=replace(config.data, name=name, val_size=data.val_size))
+    return config
+
+
+def factory_name(factory: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function or class (of a callable object's class); for a
+    ``functools.partial``, that of its function with the bound arguments' reprs."""
+    if isinstance(factory, functools.partial):
+        bound = [repr(value) for value in factory.args]
+        bound += [f"{key}={value!r}" for key, value in factory.keywords.items()]
+        return f"{factory_name(factory.func)}({', '.join(bound)})"
+    owner = factory if hasattr(factory, "__qualname__") else type(factory)
+    return f"{owner.__module__}.{owner.__qualname__}"
+
+
+def require_user_objects(config: Config) -> None:
+    """ConfigError unless every Python object that ``config`` names (a run made with
+    :func:`with_user_objects`) was handed to this process."""
+    named = (("model", config.model, _USER_FACTORIES), ("data", config.data.name, _USER_DATA))
+    missing = [
+        f"{key}={value!r}"
+        for key, value, known in named
+        if is_user_object(value) and value not in known
+    ]
+    if missing:
+        raise ConfigError(
+            f"{'; '.join(missing)}: a Python object that kdgen does not record; pass the same "
+            "one again from Python (model=... / data=... of kdgen.train_generations or "
+            "kdgen.load_generation_model)"
+        )
+
+
 def load_data(config: Config) -> DataSource:
-    """The configured data source: in-memory tensors, or an image folder read by workers."""
+    """The configured data source: in-memory tensors, an image folder read by workers, or
+    a caller's TorchData."""
+    require_user_objects(config)
+    if is_user_object(config.data.name):
+        return _USER_DATA[config.data.name]
     return load_source(config.data, derive_seed("val-split", config.seed))
 
 
@@ -112,13 +185,20 @@ def build_model(
     device: torch.device,
     channels_last: bool | None = None,
 ) -> nn.Module:
-    """A freshly initialised model of one generation; its init depends on (seed, generation).
-    Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
-    says)."""
+    """A freshly initialised model of one generation; its init depends on (seed,
+    generation). Its weights are in channels_last layout if ``channels_last`` (by default:
+    as ``config`` says)."""
     torch.manual_seed(derive_seed("init", config.seed, generation))
-    model = create_model(
-        config.model, dataset.num_classes, dataset.in_channels, **config.model_args
-    )
+    if is_user_object(config.model):
+        model = _USER_FACTORIES[config.model](dataset.num_classes)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(
+                f"{config.model} returned {type(model).__name__}, not a torch.nn.Module"
+            )
+    else:
+        model = create_model(
+            config.model, dataset.num_classes, dataset.in_channels, **config.model_args
+        )
     model = model.to(device)
     if channels_last is None:
         channels_last = resolve_channels_last(config.channels_last, device)

@@ -594,6 +594,28 @@ def _validate_snapshot(config: Config) -> None:
         f"schedule.warmup_epochs={config.schedule.warmup_epochs} must be shorter than cycle 0 "
         f"({lengths[0]} epochs)",
     )
+USER_OBJECT = "<user "
+
+
+def is_user_object(name: str | None) -> bool:
+    """Whether a config's ``model`` or ``data.name`` stands for a Python object a caller
+    handed :func:`kdgen.train_generations` (a model factory, a TorchData): kdgen records
+    only its description, e.g. ``<user factory: mymodule.mlp>``."""
+    return bool(name) and str(name).startswith(USER_OBJECT)
+
+
+NOT_RECORDED = {
+    "model": "a Python model factory: kdgen records its name alone, not its code",
+    "data": "Python datasets: kdgen records their types, sizes and a digest of their labels "
+    "alone, not their inputs or transforms",
+}
+
+
+def not_recorded(config: Config) -> dict[str, str]:
+    """The keys of ``config`` that stand for a caller's Python object
+    (:func:`is_user_object`), each with what kdgen does not record of it."""
+    named = {"model": config.model, "data": config.data.name}
+    return {key: NOT_RECORDED[key] for key, value in named.items() if is_user_object(value)}
 
 
 def _validate_loss_names(config: Config) -> None:
@@ -822,9 +844,11 @@ __all__ = [
     "effective_lr",
     "flatten_config",
     "format_process",
+    "is_user_object",
     "legacy_config_hash",
     "list_presets",
     "max_generation",
+    "not_recorded",
     "parse_process",
     "process_slug",
     "schedule_for",

@@ -8,13 +8,16 @@ from typing import Any
 import torch
 
 from kdgen.build import (
+    ModelFactory,
     evaluation_settings,
     load_data,
     load_model,
     prepare_data,
     resolve_device,
     run_numerics,
+    with_user_objects,
 )
+from kdgen.data import TorchData
 from kdgen.engine import evaluate
 from kdgen.errors import RunDirError
 from kdgen.policy import stage_kind
@@ -23,11 +26,18 @@ from kdgen.runs import RunFolder, atomic_write_json, summary_header
 
 
 def load_generation_model(
-    run_dir: str | Path, generation: int, device: torch.device | str = "cpu"
+    run_dir: str | Path,
+    generation: int,
+    device: torch.device | str = "cpu",
+    *,
+    model: ModelFactory | None = None,
+    data: TorchData | None = None,
 ) -> torch.nn.Module:
-    """The final model of one generation of a run, in eval mode."""
+    """The final model of one generation of a run, in eval mode. A run made from Python
+    objects needs the same ``model`` factory and ``data`` again (see
+    :func:`kdgen.train_generations`)."""
     folder = RunFolder(run_dir)
-    config = folder.read_config()
+    config = with_user_objects(folder.read_config(), model, data)
     dataset = load_data(config)
     return load_model(folder, config, dataset, generation, torch.device(device))
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from kdgen import distributed, preemption
 from kdgen.build import (
+    ModelFactory,
     PreparedData,
     build_model,
     evaluation_settings,
@@ -33,10 +34,11 @@ from kdgen.build import (
     resolve_device,
     run_numerics,
     train_settings,
+    with_user_objects,
 )
 from kdgen.chooser import choose, stops_before
 from kdgen.config import Config, to_yaml
-from kdgen.data import DataSource
+from kdgen.data import DataSource, TorchData
 from kdgen.distributed import Distributed
 from kdgen.engine import (
     EvalSettings,
@@ -210,6 +212,8 @@ class _Run:
 def train_generations(
     config: Config,
     *,
+    model: ModelFactory | None = None,
+    data: TorchData | None = None,
     resume: bool = False,
     force_new: bool = False,
     dist: Distributed | None = None,
@@ -217,9 +221,14 @@ def train_generations(
     """Train the stages of ``config`` (its generations M_0 ... M_G, or its snapshot cycles),
     writing everything to its run folder.
 
-    ``dist`` (by default the context of a torchrun launch, see :mod:`kdgen.distributed`)
-    makes this rank train its shard of every global batch; only rank 0 writes.
+    ``model``, a factory ``model(num_classes) -> nn.Module``, and ``data``, a
+    :class:`~kdgen.data.TorchData`, replace the config's ``model`` and data set; the run
+    folder records them by description only (:func:`kdgen.build.with_user_objects`), so a
+    resume must be given the same ones again. ``dist`` (by default the context of a
+    torchrun launch, see :mod:`kdgen.distributed`) makes this rank train its shard of
+    every global batch; only rank 0 writes.
     """
+    config = with_user_objects(config, model, data)
     dist = dist or distributed.current()
     device = resolve_device(distributed.device_for(dist, config.device))
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written

@@ -38,6 +38,7 @@ from kdgen.config import (
     config_diff,
     config_from_yaml,
     cycle_epochs,
+    not_recorded,
     to_yaml,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
@@ -470,8 +471,11 @@ def summary_header(
     numerics: Numerics | None = None,
     record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json`` before any generation: the method's settings and the run's, and its
-    provenance ``record`` (kdgen.provenance: versions, device, threads, seeding, patriarch)."""
+    """``summary.json`` before any generation: the method's settings and the run's, its
+    provenance ``record`` (kdgen.provenance: versions, device, threads, seeding, patriarch),
+    and ``not_recorded`` naming the caller's Python objects that stand in for the model or
+    the data (:func:`kdgen.config.not_recorded`), when there are any."""
+    unrecorded = not_recorded(config)
     return {
         "name": config.name,
         "process": config.process,
@@ -484,6 +488,7 @@ def summary_header(
         "temperature": config.temperature,
         "model": config.model,
         "data": config.data.name,
+        **({"not_recorded": unrecorded} if unrecorded else {}),
         "num_classes": dataset.num_classes,
         "seed": config.seed,
         **({"snapshot": snapshot_record(config)} if config.snapshot.cycles else {}),

@@ -344,6 +344,11 @@ def transfer_run(
     _check_subsets_hold_every_class(target, train_subset, test_subset)
     config = folder.read_config()
     source = load_data(config)
+    if not hasattr(source, "image_size"):
+        raise ConfigError(
+            f"kdgen transfer probes models of images; the data of {folder.path} "
+            f"({config.data.name}) are not images of one size"
+        )
     torch_device = resolve_device(device)
     size = source.image_size
     size = (size, size) if isinstance(size, int) else size

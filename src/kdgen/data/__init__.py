@@ -19,6 +19,7 @@ from kdgen.data.base import ImageDataset
 from kdgen.data.loading import DataSource, Loader, LoaderSettings
 from kdgen.data.split import ImageSplit, stratified_split, stratified_subset
 from kdgen.data.tensors import Augment, DeviceLoader
+from kdgen.data.torch_data import TorchData
 from kdgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "Loader",
     "LoaderSettings",
     "SourceRequest",
+    "TorchData",
     "list_datasets",
     "load_dataset",
     "load_source",

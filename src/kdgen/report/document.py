@@ -53,8 +53,25 @@ def _header_lines(
     return [
         f"{len(runs)} runs: {len(groups)} processes, seeds {', '.join(map(str, seeds))}.",
         f"Data: {values('data')}; model: {values('model')}; K = {values('k')}.",
+        *_not_recorded_lines(runs),
         f"Baseline of the paired differences: {baseline}.",
         f"Regenerate: `{' '.join(command)}`",
+    ]
+
+
+def _not_recorded_lines(runs: list[Run]) -> list[str]:
+    """A warning when some runs' model or data were Python objects (``not_recorded`` in
+    their summaries): runs of equal descriptions may still differ in them."""
+    keys = {key: 0 for key in ("model", "data")}
+    for run in runs:
+        for key in run.summary.get("not_recorded") or {}:
+            keys[key] = keys.get(key, 0) + 1
+    found = [f"the {key} of {count} runs" for key, count in keys.items() if count]
+    if not found:
+        return []
+    return [
+        f"Not recorded: {' and '.join(found)} were Python objects, known here by their "
+        "descriptions alone; equal descriptions do not prove equal objects."
     ]
 
 
