@@ -37,6 +37,9 @@ DISTRIBUTION_OF_MODULE = {
     "PIL": "Pillow",
     "yaml": "PyYAML",
     "nltk": "NLTK",
+    "huggingface_hub": "huggingface_hub",
+    "mlflow": "MLflow",
+    "wandb": "wandb",
 }
 
 

@@ -85,6 +85,7 @@ def test_a_reused_patriarch_is_loaded_not_trained(
         "config_hash": theirs["config_hash"],
         "sha256": hashlib.sha256(before[0]).hexdigest(),
         "seeding": SEEDING_SCHEME,
+        "kind": "run",
     }
     state = RunFolder(shared.path).read_state()
     for written in (shared.summary, state):

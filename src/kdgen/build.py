@@ -10,7 +10,7 @@ run's config records in their place.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,13 +18,21 @@ import torch
 from torch import nn
 
 from kdgen import preemption
-from kdgen.config import Config, is_user_object, precision_setting
+from kdgen.config import (
+    Config,
+    is_user_object,
+    max_generation,
+    model_args_of,
+    model_of,
+    precision_setting,
+)
 from kdgen.data import Augment, DataSource, Loader, LoaderSettings, TorchData, load_source
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, TrainSettings
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.models import create_model
+from kdgen.plugins import import_modules
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
 from kdgen.runs import RunFolder, check_identity, load_checkpoint
 from kdgen.seeding import derive_seed
@@ -113,8 +121,9 @@ def require_user_objects(config: Config) -> None:
 
 
 def load_data(config: Config) -> DataSource:
-    """The configured data source: in-memory tensors, an image folder read by workers, or
-    a caller's TorchData."""
+    """The configured data source: in-memory tensors, an image folder read by workers, a
+    caller's TorchData, or a user's, registered by a module of ``imports`` (imported first)."""
+    import_modules(config.imports)
     require_user_objects(config)
     if is_user_object(config.data.name):
         return _USER_DATA[config.data.name]
@@ -185,26 +194,42 @@ def build_model(
     device: torch.device,
     channels_last: bool | None = None,
 ) -> nn.Module:
-    """A freshly initialised model of one generation; its init depends on (seed,
-    generation). Its weights are in channels_last layout if ``channels_last`` (by default:
-    as ``config`` says)."""
+    """A freshly initialised model of one generation (its model: :func:`model_of`); its init
+    depends on (seed, generation). Its weights are in channels_last layout if
+    ``channels_last`` (by default: as ``config`` says). The modules of ``imports`` are
+    imported first: they may register the model."""
+    import_modules(config.imports)
     torch.manual_seed(derive_seed("init", config.seed, generation))
-    if is_user_object(config.model):
-        model = _USER_FACTORIES[config.model](dataset.num_classes)
-        if not isinstance(model, nn.Module):
-            raise ConfigError(
-                f"{config.model} returned {type(model).__name__}, not a torch.nn.Module"
-            )
-    else:
-        model = create_model(
-            config.model, dataset.num_classes, dataset.in_channels, **config.model_args
-        )
+    model = _create(model_of(config, generation), dataset, model_args_of(config, generation))
     model = model.to(device)
     if channels_last is None:
         channels_last = resolve_channels_last(config.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _create(name: str, dataset: DataSource, args: dict[str, Any]) -> nn.Module:
+    """The model ``name`` (a caller's factory, or a registered model with ``args``)."""
+    if not is_user_object(name):
+        return create_model(name, dataset.num_classes, dataset.in_channels, **args)
+    model = _USER_FACTORIES[name](dataset.num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_models(config: Config, dataset: DataSource) -> None:
+    """Build each generation's model once on the CPU, so that an unknown model or model
+    argument (of a student too) is refused before anything is trained."""
+    import_modules(config.imports)
+    built = set()
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays as it was
+        for generation in range(max_generation(config) + 1):
+            name = model_of(config, generation)
+            if name not in built:
+                _create(name, dataset, model_args_of(config, generation))
+                built.add(name)
 
 
 def run_numerics(config: Config, device: torch.device, recorded: dict[str, Any]) -> Numerics:
@@ -250,16 +275,41 @@ def load_model(
     source are ``config`` and ``source``), checked against them, in eval mode."""
     path = folder.generation_checkpoint(generation)
     payload = load_checkpoint(path)
+    name = model_of(config, generation)
     expected = {
-        "model_name": config.model,
+        "model_name": name,
         "num_classes": source.num_classes,
         "in_channels": source.in_channels,
     }
     check_identity(payload, expected, "checkpoint", path)
     model = build_model(config, source, generation, device)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
+    load_weights(model, payload["model"], str(path), name)
     return model.eval()
+
+
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], what: str, model_name: str
+) -> None:
+    """Load ``state`` into ``model`` strictly; a CheckpointError names the keys it lacks,
+    those it has besides, and the tensors whose shapes differ."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {tuple(state[key].shape)} where the model has {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    problems = [
+        f"{label} {_first_few(keys)}"
+        for label, keys in (("lacks", missing), ("has besides", unexpected), ("has", reshaped))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model {model_name}: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _first_few(items: list[str], count: int = 3) -> str:
+    more = f" and {len(items) - count} more" if len(items) > count else ""
+    return ", ".join(items[:count]) + more

@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdgen.executors import exit_status, outcomes_table
-    from kdgen.sweep import format_commands, plan_sweep, read_plan, write_plan
+    from kdgen.sweep import format_commands, plan_sweep, prepare_trackers, read_plan, write_plan
 
     if args.jobs is not None and args.jobs < 1:
         raise KdgenError(f"--jobs {args.jobs} must be at least 1 (trainings at once)")
@@ -153,6 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _executor_settings(args, saved)
     executor = _make_executor(settings, on_cpu=_runs_on_cpu(preset, runs))
     write_plan(out, preset, runs, settings)
+    prepare_trackers(preset, runs)
     outcomes = executor.execute(preset, runs)
     print()
     print(outcomes_table(outcomes))

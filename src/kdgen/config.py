@@ -138,8 +138,14 @@ class Config:
 
     name: str = "run"
     model: str = "resnet20"
-    # Keyword arguments of the model's factory, e.g. {dropout: 0.3} for a WRN or DenseNet.
+    # Keyword arguments of the model's factory, e.g. {dropout: 0.3} for a WRN or DenseNet;
+    # they go to every generation whose model is ``model`` (another model: its defaults).
     model_args: dict[str, Any] = field(default_factory=dict)
+    # The students' model, e.g. a smaller network taught by the patriarch (None: ``model``).
+    student_model: str | None = None
+    # One student generation's model, e.g. {1: resnet20, 2: resnet8}; it wins over
+    # ``student_model``. Generation 0, the patriarch, is always ``model``.
+    generation_models: dict[int, str] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
@@ -157,6 +163,8 @@ class Config:
     temperature: float = 1.0
     # The students' loss, by name (kdgen.losses.STUDENT_LOSSES): kd is the paper's Eq. 2.
     student_loss: str = "kd"
+    # M_0 not trained but loaded: a kdgen run folder (or its gen0.pt), a weights file (a
+    # state_dict .pt or .safetensors of ``model``), or tv:<name> / timm:<name> pretrained.
     patriarch: str | None = None
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     seed: int = 0
@@ -183,9 +191,21 @@ class Config:
     compile: bool = False
     ema: EmaConfig = field(default_factory=EmaConfig)
     out_dir: str | None = None
+    # Python modules imported before the model and data are built: the user's own code,
+    # which registers models and data sets (kdgen.register_model, kdgen.register_dataset).
+    imports: list[str] = field(default_factory=list)
+    # Where metrics go besides metrics.jsonl: tensorboard, mlflow, wandb (kdgen.trackers).
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # The older switch of the tensorboard logger: false leaves it out of ``loggers``.
     tensorboard: bool = True
+    # The sweep folder a run belongs to (kdgen sweep sets it): its trackers group the runs.
+    sweep_dir: str | None = None
     progress: bool = True
 
+
+MODULE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# patriarch=<prefix><name>: the library's pretrained <name>, so model must be the same.
+PRETRAINED_PREFIXES = ("tv:", "timm:")
 
 PROCESS_PATTERN = re.compile(r"^\s*D\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*$")
 
@@ -564,6 +584,8 @@ def _validate_snapshot(config: Config) -> None:
     for key, value, unset in (
         ("patriarch", config.patriarch, None),
         ("generation_schedules", config.generation_schedules, {}),
+        ("student_model", config.student_model, None),
+        ("generation_models", config.generation_models, {}),
         ("temperature", config.temperature, 1.0),
     ):
         _check(
@@ -594,6 +616,8 @@ def _validate_snapshot(config: Config) -> None:
         f"schedule.warmup_epochs={config.schedule.warmup_epochs} must be shorter than cycle 0 "
         f"({lengths[0]} epochs)",
     )
+
+
 USER_OBJECT = "<user "
 
 
@@ -636,6 +660,65 @@ def _validate_loss_names(config: Config) -> None:
     )
 
 
+def _validate_user_keys(config: Config) -> None:
+    """``imports``, ``loggers`` and a pretrained ``patriarch``: names only, nothing imported."""
+    from kdgen.trackers import TRACKERS  # the one list of loggers
+
+    for name in config.imports:
+        _check(
+            MODULE_PATTERN.match(name) is not None,
+            f"imports: '{name}' is not a Python module name (write it as in an import line, "
+            "e.g. my_models or mypackage.models)",
+        )
+    for name in config.loggers:
+        _check(
+            name in TRACKERS,
+            f"loggers: '{name}' must be one of {', '.join(TRACKERS)}",
+        )
+    _check(
+        len(set(config.loggers)) == len(config.loggers),
+        f"loggers={config.loggers} names a logger twice",
+    )
+    pretrained = config.patriarch or ""
+    _check(
+        not pretrained.startswith(PRETRAINED_PREFIXES) or pretrained == config.model,
+        f"patriarch={pretrained} is that library's pretrained model, and model is the "
+        f"patriarch's: set model={pretrained} (now model={config.model}; the students' is "
+        "student_model)",
+    )
+    _validate_generation_models(config)
+
+
+def _validate_generation_models(config: Config) -> None:
+    """``student_model`` and ``generation_models``: names of student generations' models
+    (whether a model of that name exists is known once ``imports`` ran: see kdgen.build)."""
+    _check(config.student_model != "", "student_model must name a model (or be null)")
+    count = max_generation(config)
+    students = f"students 1..{count}" if count else "no students"
+    for generation, name in config.generation_models.items():
+        _check(
+            isinstance(generation, int) and 1 <= generation <= count,
+            f"generation_models key {generation!r} is no student generation of this run "
+            f"(generations={count}: {students}); generation 0, the patriarch, is model",
+        )
+        _check(bool(name), f"generation_models.{generation} must name a model")
+
+
+def model_of(config: Config, generation: int) -> str:
+    """The model of one generation: ``generation_models``, else ``student_model`` for a
+    student, else ``model``."""
+    if generation in config.generation_models:
+        return config.generation_models[generation]
+    if generation > 0 and config.student_model:
+        return config.student_model
+    return config.model
+
+
+def model_args_of(config: Config, generation: int) -> dict[str, Any]:
+    """``model_args`` for a generation whose model is ``model``; none for another model."""
+    return dict(config.model_args) if model_of(config, generation) == config.model else {}
+
+
 def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0  # False for NaN too
 
@@ -663,6 +746,7 @@ def validate(config: Config) -> Config:
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
     _validate_generations(config)
+    _validate_user_keys(config)
     _check(
         config.precision in PRECISIONS,
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
@@ -737,6 +821,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 # Keys that do not change what is trained: they may differ between a run and its resume.
 NON_SEMANTIC_KEYS = (
     "out_dir", "progress", "tensorboard", "name", "check_every", "compile", "eval_train_max",
+    "imports", "loggers", "sweep_dir",
 )  # fmt: skip
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
@@ -747,6 +832,8 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "amp": None,
     "model_args": {},
     "student_loss": "kd",
+    "student_model": None,
+    "generation_models": {},
     "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
     "auto": {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 5},
     "ema": {"decay": 0.0, "teach": False},

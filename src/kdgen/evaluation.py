@@ -17,6 +17,7 @@ from kdgen.build import (
     run_numerics,
     with_user_objects,
 )
+from kdgen.config import model_of
 from kdgen.data import TorchData
 from kdgen.engine import evaluate
 from kdgen.errors import RunDirError
@@ -63,6 +64,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", split: str = "test")
     for generation in folder.require_generations():
         model = load_model(folder, config, dataset, generation, torch_device)
         metrics = evaluate(model, data.eval_loaders[split], settings, numerics.precision)[0]
-        summary["generations"].append({"generation": generation, "stage": kind, split: metrics})
+        entry = {"generation": generation, "stage": kind, "model": model_of(config, generation)}
+        summary["generations"].append({**entry, split: metrics})
     atomic_write_json(folder.path / "eval.json", summary)
     return summary

@@ -28,6 +28,7 @@ from kdgen.build import (
     ModelFactory,
     PreparedData,
     build_model,
+    check_models,
     evaluation_settings,
     load_data,
     prepare_data,
@@ -37,7 +38,7 @@ from kdgen.build import (
     with_user_objects,
 )
 from kdgen.chooser import choose, stops_before
-from kdgen.config import Config, to_yaml
+from kdgen.config import Config, model_args_of, model_of, to_yaml
 from kdgen.data import DataSource, TorchData
 from kdgen.distributed import Distributed
 from kdgen.engine import (
@@ -50,17 +51,20 @@ from kdgen.engine import (
 )
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.metrics import ensemble_summaries
-from kdgen.policy import Stage, lr_record, patriarch_mismatch, plan_stages
+from kdgen.patriarchs import Patriarch, load_patriarch
+from kdgen.plugins import module_records
+from kdgen.policy import Stage, lr_record, plan_stages
 from kdgen.precision import Numerics
 from kdgen.preemption import TrainingStopped
-from kdgen.provenance import begin_run, patriarch_paths, run_digest, warn_patriarch
+from kdgen.provenance import begin_run
 from kdgen.runs import (
     RunFolder,
-    check_identity,
     generation_entry,
+    generation_models,
     load_checkpoint,
     open_run_folder,
 )
+from kdgen.trackers import require, selected_loggers
 
 log = logging.getLogger("kdgen")
 
@@ -106,60 +110,6 @@ def _open_folder(
     return RunFolder(path, writable=dist.is_main()), replace(config, out_dir=str(path))
 
 
-def _check_patriarch(
-    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
-) -> None:
-    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
-    numerics are those its run.json recorded, resolved as a resume of it would."""
-    folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise CheckpointError(
-            f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
-        )
-    trained, recorded = folder.read_config(), folder.read_state()
-    if payload.get("config_hash") != run_digest(trained, recorded):
-        raise CheckpointError(
-            f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
-        )
-    their_numerics = run_numerics(trained, device, recorded)
-    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
-    if mismatch:
-        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
-    warn_patriarch(run_dir, recorded, device)
-
-
-def _load_patriarch(
-    config: Config,
-    dataset: DataSource,
-    device: torch.device,
-    numerics: Numerics,
-    ema: bool = False,
-) -> nn.Module:
-    """M_0 from another run (``patriarch=PATH``), refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`);
-    with ``ema`` the EMA of its weights (``gen0-ema.pt`` beside it)."""
-    run_dir, path = patriarch_paths(config)
-    if ema:
-        path = path.with_name(RunFolder(run_dir).generation_checkpoint(0, ema=True).name)
-    payload = load_checkpoint(path)
-    _check_patriarch(config, run_dir, payload, device, numerics)
-    expected = {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
-    check_identity(payload, expected, "patriarch", path)
-    model = build_model(config, dataset, 0, device, numerics.channels_last)
-    model.load_state_dict(payload["model"])
-    return model
-
-
-def _patriarch_training(config: Config) -> tuple[dict[str, Any] | None, int]:
-    """The training metrics and epochs of a shared patriarch, from its own run's summary."""
-    run_dir, _ = patriarch_paths(config)
-    summary = RunFolder(run_dir).read_summary() or {"generations": []}
-    for entry in summary["generations"]:
-        if entry["generation"] == 0:
-            return entry.get("train"), entry.get("epochs", 0)
-    return None, 0
-
-
 def _model_checkpoint(
     config: Config, dataset: DataSource, stage: Stage, model: nn.Module, digest: str
 ) -> dict[str, Any]:
@@ -168,8 +118,8 @@ def _model_checkpoint(
         "config_hash": digest,
         "generation": stage.index,
         "stage": stage.kind,
-        "model_name": config.model,
-        "model_args": dict(config.model_args),
+        "model_name": model_of(config, stage.index),
+        "model_args": model_args_of(config, stage.index),
         "model": model.state_dict(),
         "num_classes": dataset.num_classes,
         "in_channels": dataset.in_channels,
@@ -201,6 +151,7 @@ class _Run:
     numerics: Numerics
     dist: Distributed
     hooks: RunHooks
+    patriarch: Patriarch | None = None  # M_0, when loaded before the run folder was opened
 
     def build(self, index: int) -> nn.Module:
         """A fresh model of stage ``index`` (its init seeded by the stage)."""
@@ -232,16 +183,24 @@ def train_generations(
     dist = dist or distributed.current()
     device = resolve_device(distributed.device_for(dist, config.device))
     dist.local_batch(config.data.batch_size)  # a ConfigError before any file is written
-    folder, config = _open_folder(config, resume, force_new, dist)
-    recorded = dist.run_on_main(lambda: folder.read_state() if resume else {})
-    provenance = dist.run_on_main(lambda: begin_run(config, device, recorded))
-    digest = provenance.digest
-    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
+    imported = module_records(config.imports)  # the user's code, or a ConfigError naming it
+    require(selected_loggers(config))
     dataset = dist.main_first(lambda: load_data(config))
     if config.k > dataset.num_classes:
         raise ConfigError(
             f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
         )
+    check_models(config, dataset)
+    patriarch = None
+    if config.patriarch and not resume:
+        # Loaded before the run folder exists: a patriarch that does not fit leaves no
+        # folder behind (which would block the corrected command).
+        patriarch = load_patriarch(config, dataset, device, run_numerics(config, device, {}))
+    folder, config = _open_folder(config, resume, force_new, dist)
+    recorded = dist.run_on_main(lambda: folder.read_state() if resume else {})
+    provenance = dist.run_on_main(lambda: begin_run(config, device, recorded))
+    digest = provenance.digest
+    numerics = dist.run_on_main(lambda: run_numerics(config, device, recorded))
     data = prepare_data(config, device, dataset, dist, numerics.channels_last)
     evaluation = evaluation_settings(config, dataset)
     stages = plan_stages(config)
@@ -254,13 +213,14 @@ def train_generations(
         digest,
         provenance.record,
         stage=stages[0].kind,
+        imports=imported,
         world_size=dist.world_size,
         global_batch_size=config.data.batch_size,
         lr_effective=lr_record(stages),
     )
     dist.barrier()  # every rank has read the folder's old state before rank 0 changes it
     hooks = RunHooks(folder, digest, config_yaml=to_yaml(config))
-    run = _Run(config, folder, data, digest, evaluation, device, numerics, dist, hooks)
+    run = _Run(config, folder, data, digest, evaluation, device, numerics, dist, hooks, patriarch)
     try:
         last = _train_stages(run, stages, summary)
         if dist.is_main():
@@ -305,7 +265,10 @@ def _train_stages(run: _Run, stages: list[Stage], summary: dict[str, Any]) -> in
                 run.folder.generation_checkpoint(stage.index, ema=True),
                 _model_checkpoint(run.config, run.data.dataset, stage, ema_model, run.digest),
             )
-        entry = generation_entry(stage.index, result.final, epochs, stage.kind, stage.teacher)
+        model_name = model_of(run.config, stage.index)
+        entry = generation_entry(
+            stage.index, result.final, epochs, stage.kind, stage.teacher, model_name
+        )
         checkpoint = _model_checkpoint(run.config, run.data.dataset, stage, model, run.digest)
         run.folder.save_stage(summary, entry, checkpoint, result.outputs)
         run.dist.check_identical(model, f"M_{stage.index}")
@@ -345,7 +308,11 @@ def _summarise(run: _Run, summary: dict[str, Any], last: int) -> None:
     evaluation = run.evaluation
     saved = {index: run.folder.load_logits(index) for index in range(last + 1)}
     summary["ensembles"] = ensemble_summaries(
-        saved, evaluation.coarse_of_fine, evaluation.k, evaluation.distance
+        saved,
+        evaluation.coarse_of_fine,
+        evaluation.k,
+        evaluation.distance,
+        models=generation_models(run.config),
     )
     chosen = choose(run.config, summary["generations"], summary["ensembles"])
     if chosen is not None:
@@ -368,12 +335,14 @@ def _train_stage(
     config, data = run.config, run.data
     model = run.build(stage.index)
     if stage.index == 0 and config.patriarch:
-        model = _load_patriarch(config, data.dataset, run.device, run.numerics)
+        patriarch = run.patriarch or load_patriarch(config, data.dataset, run.device, run.numerics)
+        model = patriarch.model
         final, outputs = _evaluate_splits(model, data, run.evaluation, run.numerics, run.dist)
-        final["train"], epochs = _patriarch_training(config)
+        final["train"], epochs = patriarch.train, patriarch.epochs
         ema_model = None
-        if config.ema.decay > 0:
-            ema_model = _load_patriarch(config, data.dataset, run.device, run.numerics, ema=True)
+        if config.ema.decay > 0 and patriarch.has_ema:  # weights from elsewhere have none
+            loaded = load_patriarch(config, data.dataset, run.device, run.numerics, ema=True)
+            ema_model = loaded.model
             final["ema"] = _evaluate_splits(
                 ema_model, data, run.evaluation, run.numerics, run.dist
             )[0]

@@ -249,7 +249,7 @@ _NOT_PATRIARCH_SHAPING = {
     "schedule", "eta", "lam", "regularizer", "k", "regularizer_form",
     "regularize_all_teachers", "temperature", "data.root", "data.download",
     "data.eval_batch_size", "data.imagefolder.workers", "data.hierarchy", "student_loss",
-    "ema.teach",
+    "ema.teach", "imports", "loggers", "sweep_dir", "student_model", "generation_models",
 }  # fmt: skip
 # The settings that choose the numerics: compared as resolved (Numerics), not as written.
 _NUMERICS_SETTINGS = {"precision", "amp", "channels_last"}

@@ -12,6 +12,7 @@ Layout (timm-style, one folder per run)::
       checkpoints/last.pt  latest resumable state of the generation in progress
       logits/gen{g}.pt     generation g's validation and test logits (float32) and labels
       tb/                  TensorBoard scalars, when tensorboard is installed
+      mlflow.db, wandb/    the MLflow store and W&B files, when ``loggers`` selects them
       train.log            the run's output, when a sweep executor started it
       resources.json       what that executor gave it: threads, GPU, pid or Slurm job
 """
@@ -38,10 +39,15 @@ from kdgen.config import (
     config_diff,
     config_from_yaml,
     cycle_epochs,
+    flatten_config,
+    max_generation,
+    model_of,
     not_recorded,
+    to_dict,
     to_yaml,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
+from kdgen.trackers import FINAL_STATES, Tracker, open_trackers, selected_loggers
 
 if TYPE_CHECKING:
     from kdgen.data import DataSource
@@ -92,6 +98,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (weights files may be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -146,7 +161,8 @@ class RunFolder:
         self.state_path = self.path / "run.json"
         self.log_path = self.path / "train.log"
         self.resources_path = self.path / "resources.json"
-        self._tensorboard: Any = None
+        self._trackers: dict[str, Tracker] = {}
+        self._status: str | None = None
 
     def logits_path(self, generation: int) -> Path:
         return self.path / "logits" / f"gen{generation}.pt"
@@ -249,6 +265,7 @@ class RunFolder:
     def write_state(self, status: str, **fields: Any) -> None:
         if not self.writable:
             return
+        self._status = status
         state = {**self.read_state(), "status": status, "updated": time.time(), **fields}
         if status in ("running", "finished") and "reason" not in fields:
             state.pop("reason", None)  # the reason of an earlier stop no longer holds
@@ -300,9 +317,8 @@ class RunFolder:
             self.write_json(self.path / "classes.json", classes_record(evaluation, dataset))
         if resume:
             self.remove_stale_temp_files()
-        if config.tensorboard:
-            self.enable_tensorboard()
         self.write_state("running", started=time.time(), **state, **numerics.record(), **record)
+        self.open_trackers(config)
         return summary
 
     def resume_stage(
@@ -362,7 +378,7 @@ class RunFolder:
 
     # --- metrics ------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """Append one evaluation record to metrics.jsonl and TensorBoard."""
+        """Append one evaluation record to metrics.jsonl, and give it to the trackers."""
         if not self.writable:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -370,7 +386,8 @@ class RunFolder:
             file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
-        self._log_tensorboard(record)
+        for tracker in self._trackers.values():
+            tracker.log_metrics(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -405,28 +422,31 @@ class RunFolder:
         writer.writerows(records)
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
 
-    def enable_tensorboard(self) -> bool:
+    def open_trackers(self, config: Config) -> None:
+        """Open the experiment trackers that ``config`` selects (:mod:`kdgen.trackers`),
+        give them the resolved config, and record them in run.json; a resumed run continues
+        the tracked runs recorded there."""
         if not self.writable:
-            return False
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return False
-        self._tensorboard = SummaryWriter(log_dir=str(self.path / "tb"))
-        return True
-
-    def _log_tensorboard(self, record: dict[str, Any]) -> None:
-        if self._tensorboard is None:
             return
-        prefix = f"gen{record['generation']}/{record['split']}"
-        for key, value in record.items():
-            if key not in ("generation", "epoch", "split") and isinstance(value, (int, float)):
-                self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
+        sweep = Path(config.sweep_dir) if config.sweep_dir else None
+        name = self.path.name
+        if sweep is not None and self.path.resolve().is_relative_to(sweep.resolve()):
+            name = str(self.path.resolve().relative_to(sweep.resolve()))
+        previous = self.read_state().get("trackers", {})
+        self._trackers = open_trackers(selected_loggers(config), self.path, name, sweep, previous)
+        params = flatten_config(to_dict(config))
+        for tracker in self._trackers.values():
+            tracker.log_params(params)
+        records = {logger: tracker.record for logger, tracker in self._trackers.items()}
+        atomic_write_json(self.state_path, {**self.read_state(), "trackers": records})
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
+        """Close the trackers with the run's state: failed or interrupted where run.json
+        says so by now, else finished."""
+        status = self._status if self._status in FINAL_STATES else "finished"
+        trackers, self._trackers = self._trackers, {}
+        for tracker in trackers.values():
+            tracker.close(status)
 
 
 def open_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
@@ -506,15 +526,17 @@ def generation_entry(
     epochs: int,
     stage: str = "generation",
     teacher: int | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """A finished stage's entry in ``summary.json``: its index (``generation``, also for
-    a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), the stage that taught it
-    (None: none), its epochs and its final metrics per split, and those of the EMA of its
-    weights on the same splits (``"ema": {"val": ..., "test": ..., "train_eval": ...}``)
+    a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), its model, the stage that
+    taught it (None: none), its epochs and its final metrics per split, and those of the EMA
+    of its weights on the same splits (``"ema": {"val": ..., "test": ..., "train_eval": ...}``)
     when it has one."""
     entry = {
         "generation": generation,
         "stage": stage,
+        "model": model,
         "teacher": teacher,
         "epochs": epochs,
         "train": final.get("train"),
@@ -525,6 +547,11 @@ def generation_entry(
     if final.get("ema") is not None:
         entry["ema"] = final["ema"]
     return entry
+
+
+def generation_models(config: Config) -> dict[int, str]:
+    """Every generation's model (``model``, ``student_model``, ``generation_models``)."""
+    return {g: model_of(config, g) for g in range(max_generation(config) + 1)}
 
 
 def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:

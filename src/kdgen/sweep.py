@@ -23,8 +23,10 @@ from typing import Any
 from kdgen.config import build_config, config_hash, parse_process, process_slug
 from kdgen.errors import ConfigError, RunDirError
 from kdgen.losses import REGULARIZERS
+from kdgen.plugins import import_modules
 from kdgen.policy import patriarch_key
 from kdgen.runs import RunFolder, atomic_write_json
+from kdgen.trackers import groups_runs, prepare_sweep, require, selected_loggers
 
 SPEC_PATTERN = re.compile(r"^(?P<process>D\([^)]*\))(?::(?P<regularizer>\w+))?$")
 
@@ -69,9 +71,21 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def plan_sweep(
     preset: str, specs: list[str], seeds: list[int], out: Path, overrides: tuple[str, ...] = ()
 ) -> list[SweepRun]:
-    """The runs of a sweep, in an order where every shared patriarch is trained first."""
+    """The runs of a sweep, in an order where every shared patriarch is trained first.
+
+    The modules of the config's ``imports`` are imported here first, and the packages of
+    its ``loggers`` looked for, so that a sweep that cannot run stops before anything is
+    written. Where ``loggers`` names a tracker that groups runs, every run gets
+    ``sweep_dir=<out>``. A patriarch that the config gives (``patriarch=``) is loaded by
+    every run itself.
+    """
     if not specs or not seeds:
         raise ConfigError("a sweep needs at least one process and one seed")
+    base = build_config(preset, list(overrides))
+    import_modules(base.imports)
+    require(selected_loggers(base))
+    if groups_runs(selected_loggers(base)):
+        overrides = (*overrides, f"sweep_dir={out}")
     runs = []
     for seed in seeds:
         owners: dict[tuple[object, ...], str] = {}
@@ -91,7 +105,7 @@ def plan_sweep(
                     f"process ({config.process}); list it once"
                 )
             key = patriarch_key(config)
-            owner = path if key is None else owners.setdefault(key, path)
+            owner = path if key is None or config.patriarch else owners.setdefault(key, path)
             shared = owner if owner != path else None
             if shared is not None:
                 extra.append(f"patriarch={shared}")
@@ -174,6 +188,14 @@ def last_test_top1(path: str | Path) -> float | None:
     if not generations or not generations[-1].get("test"):
         return None
     return generations[-1]["test"].get("top1")
+
+
+def prepare_trackers(preset: str, runs: list[SweepRun]) -> None:
+    """Ready what the runs share in their trackers (MLflow's store and experiment) before
+    any starts, so that runs started together do not race to make it."""
+    config = build_config(preset, list(runs[0].overrides)) if runs else None
+    if config is not None and config.sweep_dir is not None:
+        prepare_sweep(selected_loggers(config), Path(config.sweep_dir))
 
 
 def format_commands(preset: str, runs: list[SweepRun]) -> str:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from kdgen.build import load_data, load_model, resolve_device
-from kdgen.config import Config
+from kdgen.config import Config, model_of
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
 from kdgen.errors import ConfigError, DataError
@@ -340,10 +340,10 @@ def transfer_run(
         raise ConfigError(f"classifier='{classifier}' must be one of {', '.join(CLASSIFIERS)}")
     folder = RunFolder(run_dir)
     generations = folder.require_generations()
+    config = folder.read_config()
+    source = load_data(config)  # imports the run's modules: the target may be a user's data set
     target = load_dataset(data, root, download, **(options or {}))
     _check_subsets_hold_every_class(target, train_subset, test_subset)
-    config = folder.read_config()
-    source = load_data(config)
     if not hasattr(source, "image_size"):
         raise ConfigError(
             f"kdgen transfer probes models of images; the data of {folder.path} "
@@ -364,12 +364,24 @@ def transfer_run(
     kind = stage_kind(config)
     for generation in generations:
         model = load_model(folder, config, source, generation, torch_device)
+        name = model_of(config, generation)
+        _require_features(model, name)
         entry, probe, dim = _probe_generation(model, loaders, adapter, settings)
-        result["generations"].append({"generation": generation, "stage": kind, **entry})
+        entry = {"generation": generation, "stage": kind, "model": name, **entry}
+        result["generations"].append(entry)
         result["classifier"], result["feature_dim"] = probe.classifier, dim
         del model
     atomic_write_json(transfer_path(folder.path, data), result)
     return result
+
+
+def _require_features(model: torch.nn.Module, name: str) -> None:
+    """Refuse a model without ``forward_features`` (a user's may give logits only)."""
+    if not callable(getattr(model, "forward_features", None)):
+        raise ConfigError(
+            f"transfer probes penultimate features, but the model {name} has no "
+            "forward_features(x) (the kdgen model interface; see the README)"
+        )
 
 
 def _loaders(

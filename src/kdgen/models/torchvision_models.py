@@ -18,16 +18,20 @@ swapped input convolution.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import PrefixSource, register_prefix, unknown_name_error
+from kdgen.models.registry import (
+    PrefixSource,
+    Pretrained,
+    hub_cache_file,
+    register_prefix,
+    unknown_name_error,
+)
 
 PREFIX = "tv:"
 # Models whose auxiliary classifiers would make the training-mode output a tuple.
@@ -97,7 +101,7 @@ class TorchvisionClassifier(nn.Module):
 
 def cached_weights_file(weights: Any) -> Path:
     """Where torch hub keeps the file of torchvision ``weights`` (a ``WeightsEnum``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    return hub_cache_file(weights.url)
 
 
 def local_weights(name: str, value: object) -> Any:
@@ -123,6 +127,13 @@ def local_weights(name: str, value: object) -> Any:
     return weights
 
 
+def _check_name(name: str) -> None:
+    names = torchvision_names()
+    if name not in names:
+        candidates = [PREFIX + n for n in names]
+        raise unknown_name_error("torchvision model", PREFIX + name, candidates)
+
+
 def create_torchvision_model(
     name: str, num_classes: int, in_channels: int, **args: object
 ) -> nn.Module:
@@ -130,10 +141,7 @@ def create_torchvision_model(
     ``torchvision.models.get_model``, except ``weights`` (see the module's docstring)."""
     import torchvision
 
-    names = torchvision_names()
-    if name not in names:
-        candidates = [PREFIX + n for n in names]
-        raise unknown_name_error("torchvision model", PREFIX + name, candidates)
+    _check_name(name)
     value = args.pop("weights", None)
     weights = None if value is None else local_weights(name, value)
     kwargs: dict[str, object] = {**args, "weights": weights}
@@ -149,16 +157,51 @@ def create_torchvision_model(
         raise ConfigError(f"{PREFIX}{name}: {error}") from None
     except RuntimeError as error:  # a cached weights file that is cut short or corrupt
         raise ConfigError(f"model_args.weights={value}: {PREFIX}{name}: {error}") from None
+    return as_classifier(model, name, num_classes, in_channels, new_head=weights is not None)
+
+
+def as_classifier(
+    model: nn.Module, name: str, num_classes: int, in_channels: int, new_head: bool = False
+) -> TorchvisionClassifier:
+    """torchvision's ``model`` behind the kdgen interface: its input conv adapted to
+    ``in_channels``, its final Linear moved to ``fc`` (a new one of ``num_classes`` outputs
+    if ``new_head``); ``model`` is changed in place."""
     if in_channels != 3:
         _swap_input_conv(model, in_channels, name)
     found = _last_linear(model)
-    if found is None or (weights is None and found[1].out_features != num_classes):
+    if found is None or (not new_head and found[1].out_features != num_classes):
         raise ConfigError(f"tv:{name} has no final nn.Linear classifier; kdgen cannot use it")
     dotted, fc = found
-    if weights is not None:  # a new head for this data set's classes
+    if new_head:  # a new head for this data set's classes
         fc = nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None)
     _set_submodule(model, dotted, nn.Identity())
     return TorchvisionClassifier(model, fc)
+
+
+def pretrained_torchvision(name: str) -> Pretrained:
+    """torchvision's default pretrained weights of ``name`` with their own classifier (a
+    patriarch), in torch hub's cache; built as torchvision builds the model, loaded
+    strictly, then given the kdgen interface."""
+    import torchvision
+
+    _check_name(name)
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        raise ConfigError(f"{PREFIX}{name} has no pretrained weights in torchvision") from None
+    classes = len(weights.meta["categories"])
+    file = cached_weights_file(weights)
+
+    def build(state: dict[str, torch.Tensor], **args: object) -> nn.Module:
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=classes, **args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{PREFIX}{name}: {error}") from None
+        model.load_state_dict(state)
+        return as_classifier(model, name, classes, 3)
+
+    expected = f"{file} (torchvision's cache: TORCH_HOME/hub/checkpoints)"
+    return Pretrained("torchvision", classes, 3, file if file.is_file() else None, expected, build)
 
 
 register_prefix(
@@ -167,5 +210,6 @@ register_prefix(
         create_torchvision_model,
         torchvision_names,
         "any torchvision classification model, e.g. tv:resnet18",
+        pretrained=pretrained_torchvision,
     )
 )

@@ -66,6 +66,16 @@ class Run:
     def ensemble(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.summary.get("ensembles") or [] if e["name"] == name), None)
 
+    def model_of(self, g: int) -> str | None:
+        """Generation g's model (older summaries name only the run's ``model``)."""
+        entry = self.generation(g) or {}
+        return entry.get("model") or self.summary.get("model")
+
+    @property
+    def mixed_models(self) -> bool:
+        """Whether its generations are not all one model (a student of another model)."""
+        return len({self.model_of(e["generation"]) for e in self.summary["generations"]}) > 1
+
     @property
     def records_patriarch(self) -> bool:
         """Whether the summary records where generation 0 came from (``"patriarch"``: its

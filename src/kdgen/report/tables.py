@@ -79,15 +79,20 @@ GENERATION_COLUMNS = ("test top-1", "Dist^C", "Dist^S", "mean top-1 prob")
 
 def generation_rows(summary: dict[str, Any]) -> list[list[Any]]:
     """One row per generation of a run (``c0``, ``c1``...: snapshot cycles): process,
-    generation and its test metrics."""
+    generation (with its model where the generations are not all one model) and its test
+    metrics."""
+    models = {e["generation"]: e.get("model", summary.get("model")) for e in summary["generations"]}
+    mixed = len(set(models.values())) > 1
     rows = []
     for entry in summary["generations"]:
         test = entry.get("test") or {}
+        g = entry["generation"]
         cycle = entry.get("stage") == "cycle"
+        key = f"c{g}" if cycle else g
         rows.append(
             [
                 process_label(summary),
-                f"c{entry['generation']}" if cycle else entry["generation"],
+                f"{key} ({models[g]})" if mixed else key,
                 test.get("top1"),
                 test.get("dist_c"),
                 test.get("dist_s"),
@@ -175,12 +180,20 @@ def _metric_rows(
     ]
 
 
+def _models_of(runs: Sequence[Run], g: int) -> str:
+    """Generation g's model in these runs (several joined by /, where runs differ)."""
+    return "/".join(dict.fromkeys(str(run.model_of(g)) for run in runs if run.generation(g)))
+
+
 def _per_generation(groups: dict[str, list[Run]]) -> tuple[list[list[str]], list[list[Any]]]:
-    """Key cells (process, generation) and the runs' summary entries, one row each."""
+    """Key cells (process, generation, with its model where a run's generations are not all
+    one model) and the runs' summary entries, one row each."""
     keys, entries = [], []
     for label, runs in groups.items():
+        mixed = any(run.mixed_models for run in runs)
         for g in generations_of(runs):
-            keys.append([label, stage_key(runs, g)])
+            key = stage_key(runs, g)
+            keys.append([label, f"{key} ({_models_of(runs, g)})" if mixed else key])
             entries.append([e for e in (run.generation(g) for run in runs) if e is not None])
     return keys, entries
 
@@ -223,8 +236,10 @@ def ensembles_table(groups: dict[str, list[Run]]) -> Table | None:
     """One row per process and ensemble (softmax average of generations); None if none."""
     keys, entries = [], []
     for label, runs in groups.items():
+        mixed = any(run.mixed_models for run in runs)
         for name, members in ensemble_names(runs).items():
-            keys.append([label, f"{name} [{','.join(map(str, members))}]"])
+            models = f" ({', '.join(_models_of(runs, g) for g in members)})" if mixed else ""
+            keys.append([label, f"{name} [{','.join(map(str, members))}]{models}"])
             entries.append([e for e in (run.ensemble(name) for run in runs) if e is not None])
     if not keys:
         return None
