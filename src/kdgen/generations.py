@@ -60,7 +60,6 @@ from kdgen.provenance import begin_run
 from kdgen.runs import (
     RunFolder,
     generation_entry,
-    generation_models,
     load_checkpoint,
     open_run_folder,
 )
@@ -312,7 +311,7 @@ def _summarise(run: _Run, summary: dict[str, Any], last: int) -> None:
         evaluation.coarse_of_fine,
         evaluation.k,
         evaluation.distance,
-        models=generation_models(run.config),
+        models={index: model_of(run.config, index) for index in saved},
     )
     chosen = choose(run.config, summary["generations"], summary["ensembles"])
     if chosen is not None:

@@ -40,8 +40,6 @@ from kdgen.config import (
     config_from_yaml,
     cycle_epochs,
     flatten_config,
-    max_generation,
-    model_of,
     not_recorded,
     to_dict,
     to_yaml,
@@ -547,11 +545,6 @@ def generation_entry(
     if final.get("ema") is not None:
         entry["ema"] = final["ema"]
     return entry
-
-
-def generation_models(config: Config) -> dict[int, str]:
-    """Every generation's model (``model``, ``student_model``, ``generation_models``)."""
-    return {g: model_of(config, g) for g in range(max_generation(config) + 1)}
 
 
 def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
