@@ -18,7 +18,7 @@ import torch
 from kdgen import data
 from kdgen.build import build_model, load_data
 from kdgen.cli import main
-from kdgen.config import build_config
+from kdgen.config import Config, build_config
 from kdgen.errors import CheckpointError, ConfigError
 from kdgen.evaluation import evaluate_run
 from kdgen.executors import TrainJob
@@ -223,20 +223,25 @@ def test_a_slurm_job_imports_the_module_in_its_kdgen_train(
     assert state["status"] == "finished" and state["imports"][0]["sha256"] == _sha256(module)
 
 
+def _logits_only_patriarch(plugins: Path, tmp_path: Path, classes: int, *overrides: str) -> Config:
+    """A config whose patriarch is a weights file of the user's logits-only network with
+    ``classes`` outputs (the module that registers it is imported, as kdgen imports it)."""
+    (plugins / "kdgen_logits_plugin.py").write_text(LOGITS_ONLY)
+    importlib.import_module("kdgen_logits_plugin")  # registers plugin_logits_only
+    weights = tmp_path / f"weights{classes}.pt"
+    torch.save(registry.get_factory("plugin_logits_only")(classes, 3).state_dict(), weights)
+    return build_config(
+        "smoke",
+        [*FAST, "model=plugin_logits_only", "imports=[kdgen_logits_plugin]",
+         f"patriarch={weights}", f"out_dir={tmp_path / 'run'}", *overrides],
+    )  # fmt: skip
+
+
 def test_a_logits_only_patriarch_of_another_class_count_names_both(
     plugins: Path, tmp_path: Path
 ) -> None:
     """A user's network without fc: its last Linear layer is the classifier checked."""
-    (plugins / "kdgen_logits_plugin.py").write_text(LOGITS_ONLY)
-    importlib.import_module("kdgen_logits_plugin")  # registers plugin_logits_only
-
-    weights = tmp_path / "ten.pt"
-    torch.save(registry.get_factory("plugin_logits_only")(10, 3).state_dict(), weights)
-    config = build_config(
-        "smoke",
-        [*FAST, "model=plugin_logits_only", "imports=[kdgen_logits_plugin]",
-         f"patriarch={weights}", f"out_dir={tmp_path / 'run'}"],
-    )  # fmt: skip
+    config = _logits_only_patriarch(plugins, tmp_path, 10)
     refusal = r"outputs 10 classes, but the data \(synthetic\) has 100"
     with pytest.raises(CheckpointError, match=refusal):
         train_generations(config)
@@ -245,16 +250,7 @@ def test_a_logits_only_patriarch_of_another_class_count_names_both(
 
 @pytest.mark.slow
 def test_transfer_refuses_a_model_without_forward_features(plugins: Path, tmp_path: Path) -> None:
-    (plugins / "kdgen_logits_plugin.py").write_text(LOGITS_ONLY)
-    importlib.import_module("kdgen_logits_plugin")  # registers plugin_logits_only
-
-    weights = tmp_path / "mine.pt"
-    torch.save(registry.get_factory("plugin_logits_only")(100, 3).state_dict(), weights)
-    config = build_config(
-        "smoke",
-        [*FAST, "generations=0", "model=plugin_logits_only", "imports=[kdgen_logits_plugin]",
-         f"patriarch={weights}", f"out_dir={tmp_path / 'run'}"],
-    )  # fmt: skip
+    config = _logits_only_patriarch(plugins, tmp_path, 100, "generations=0")
     run = train_generations(config)  # M_0 is evaluated only: nothing is trained
     with pytest.raises(ConfigError, match="plugin_logits_only has no forward_features"):
         transfer_run(run.path, "synthetic", device="cpu", train_subset=100, test_subset=100)
