@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kdgen.cli import main
 from kdgen.config import Config, build_config
 
 # Two epochs a generation on a very small synthetic set: for tests of the mechanics.
@@ -29,3 +30,11 @@ def fast_config(tmp_path: Path) -> Callable[..., Config]:
         return build_config("smoke", [*FAST, f"out_dir={tmp_path / out}", *overrides])
 
     return make
+
+
+def refusal(capsys: pytest.CaptureFixture[str], *overrides: str) -> str:
+    """The one line ``kdgen train smoke OVERRIDES`` prints when it refuses them (exit 2)."""
+    assert main(["train", "smoke", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err

@@ -102,7 +102,7 @@ def _out(command: str, where: Callable[[Path], Path]) -> Setup:
 CASES: dict[str, tuple[Setup, tuple[str, ...]]] = {
     "unknown key": (_train("data.colour=red"), ("data.colour",)),
     "wrong type": (_train("lam=abc"), ("lam",)),
-    "eta out of range": (_train("eta=1.5"), ("eta=1.5 must lie in [0, 1]",)),
+    "eta out of range": (_train("eta=1.5"), ("eta=1.5 must lie in (0, 1]",)),
     "lam out of range": (_train("lam=2"), ("lam=2",)),
     "k out of range": (_train("k=1"), ("k=1 must be >= 2",)),
     "temperature out of range": (_train("temperature=0"), ("temperature=0.0 must be > 0",)),

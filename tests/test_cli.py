@@ -36,7 +36,7 @@ def test_presets_and_models_are_listed(capsys: pytest.CaptureFixture[str]) -> No
     ("argv", "message"),
     [
         (["train", "smok"], "did you mean: smoke"),
-        (["train", "smoke", "eta=1.5"], "eta=1.5 must lie in [0, 1]"),
+        (["train", "smoke", "eta=1.5"], "eta=1.5 must lie in (0, 1]"),
         (["train", "smoke", "lam=abc"], "lam"),
         (["train", "smoke", "data.colour=red"], "data.colour"),
         (["train", "smoke", "process=E(1,2)"], "D(eta,lam)"),
@@ -122,7 +122,7 @@ def test_python_dash_m_kdgen_works() -> None:
         check=False,
     )
     assert completed.returncode == 2
-    assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in [0, 1]"
+    assert completed.stderr.strip() == "kdgen: error: eta=7.0 must lie in (0, 1]"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,20 @@ from kdgen.config import (
     build_config,
     config_diff,
     config_from_dict,
+    config_from_yaml,
     config_hash,
     flatten_config,
     format_process,
     list_presets,
     parse_process,
+    preset_description,
     process_slug,
     schedule_for,
     to_dict,
+    to_yaml,
     validate,
 )
-from kdgen.errors import ConfigError
+from kdgen.errors import ConfigError, KdgenWarning
 from tests.helpers import SMOKE_CONFIG_HASH
 
 # ---------------------------------------------------------------------------- presets
@@ -45,6 +49,43 @@ def test_every_preset_builds(name: str) -> None:
     assert isinstance(config, Config)
     assert config.name == name
     assert config.process == format_process(config.eta, config.lam)
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_description_is_a_whole_sentence(name: str) -> None:
+    description = preset_description(name)
+    assert description.endswith(".") and description.count("(") == description.count(")")
+
+
+def test_a_description_over_several_comment_lines_ends_at_its_first_sentence() -> None:
+    assert preset_description("fashion-mnist-study") == (
+        "Fashion-MNIST study (docs/results/fashion-mnist): tiny CNN, 6k-image subset "
+        "(5k train, 1k val), 15 epochs cosine, fp32."
+    )
+
+
+PRESET_HASHES = {
+    "cifar100-densenet-bc-100": "f956db7b9542010a",
+    "cifar100-densenet-bc-190": "9757701333f59206",
+    "cifar100-resnet110": "0f7207ecbae7ea4c",
+    "cifar100-resnet20": "fd4eb6236f2fcbed",
+    "cifar100-resnet56": "fc5f5d95716ed9da",
+    "cifar100-wrn-28-10": "170973f56356aac7",
+    "demo": "126e1675f85bd3c5",
+    "fashion-mnist-resnet8": "d9f79597a0d39961",
+    "fashion-mnist-small": "a357309687af20b9",
+    "fashion-mnist-study": "ece3ffa6b2dec228",
+    "imagenet-resnet18": "5907227939a291b3",
+    "smoke": "94cf9fa67c46d1fd",
+}
+
+
+def test_later_keys_at_their_defaults_keep_every_presets_hash() -> None:
+    # The hashes of the shipped presets before the optimiser, fp16, accumulation and EMA
+    # keys and the null imagefolder workers: old run folders stay resumable.
+    assert {name: config_hash(build_config(name)) for name in list_presets()} == PRESET_HASHES
+    folder = build_config("smoke", ["data.name=imagefolder", "data.root=/data"])
+    assert config_hash(folder) == "a3063ca42eb22324"
 
 
 def test_smoke_preset_values() -> None:
@@ -167,9 +208,35 @@ def test_eta_override_wins_over_preset_process() -> None:
     assert config.process == "D(1.0,0.0)"
 
 
-def test_process_override_wins_over_eta_in_same_overrides() -> None:
-    config = build_config("smoke", ["eta=0.3", "process=D(0.9,0.1)"])
-    assert (config.eta, config.lam) == (0.9, 0.1)
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["process=D(0.6,0.6)", "eta=0.9"], "process=D(0.6,0.6) sets eta=0.6, but eta=0.9"),
+        (["eta=0.3", "process=D(0.9,0.1)"], "process=D(0.9,0.1) sets eta=0.9, but eta=0.3"),
+        (["process=D(0.6,0.6)", "lam=0.2"], "process=D(0.6,0.6) sets lam=0.6, but lam=0.2"),
+    ],
+)
+def test_process_and_a_different_eta_or_lam_are_refused_naming_both(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config("smoke", overrides)
+    with pytest.raises(ConfigError, match="give process or eta and lam, not both"):
+        config_from_dict({"process": "D(0.6,0.6)", "eta": 0.9})
+
+
+def test_a_yaml_file_whose_process_and_eta_disagree_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: tiny_cnn\nprocess: D(0.6,0.6)\neta: 0.9\n")
+    with pytest.raises(ConfigError, match=f"eta=0.9 is given too in {re.escape(str(path))}"):
+        build_config(str(path))
+
+
+def test_process_with_the_same_eta_and_lam_is_accepted() -> None:
+    config = build_config("smoke", ["process=D(0.7,0.5)", "eta=0.7", "lam=0.50"])
+    assert (config.eta, config.lam) == (0.7, 0.5)
+    again = config_from_yaml(to_yaml(build_config("smoke", ["eta=0.1234567"])))
+    assert again.eta == pytest.approx(0.1234567, rel=1e-5)  # config.yaml keeps 6 digits
 
 
 @pytest.mark.parametrize(
@@ -313,11 +380,26 @@ def test_out_of_range_values(override: str, key: str) -> None:
         build_config("smoke", [override])
 
 
-def test_normalized_form_needs_positive_eta() -> None:
-    with pytest.raises(ConfigError, match="regularizer_form"):
-        build_config("smoke", ["process=D(0.0,0.5)", "regularizer_form=normalized"])
+@pytest.mark.parametrize("override", ["eta=0", "process=D(0.0,0.5)", "process=D(0,0.6)"])
+def test_eta_zero_is_refused_a_patriarch_without_labels(override: str) -> None:
+    with pytest.raises(ConfigError, match="eta=0 trains the patriarch on the regulariser alone"):
+        build_config("smoke", [override])
     config = build_config("smoke", ["process=D(0.5,0.5)", "regularizer_form=normalized"])
     assert config.regularizer_form == "normalized"
+
+
+def test_milestones_past_the_last_epoch_warn_once_per_schedule() -> None:
+    message = r"schedule\.milestones=\[100, 150\]: 100, 150 lie at or past schedule\.epochs=30"
+    with pytest.warns(KdgenWarning, match=message):
+        build_config("cifar100-resnet20", ["schedule.epochs=30", "data.root=/data"])
+    with pytest.warns(KdgenWarning, match=r"generation_schedules\.1\.milestones=\[3, 6\]: 6 lies"):
+        build_config(
+            "smoke", ["generation_schedules={1: {scheduler: multistep, milestones: [3, 6]}}"]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_config("cifar100-resnet20", ["schedule.epochs=151", "data.root=/data"])
+        build_config("smoke", ["schedule.milestones=[10]"])  # cosine: no milestones used
 
 
 def test_nesterov_needs_momentum() -> None:
@@ -329,9 +411,9 @@ def test_nesterov_needs_momentum() -> None:
 def test_boundary_values_are_accepted() -> None:
     config = build_config(
         "smoke",
-        ["eta=0", "lam=1", "k=2", "schedule.epochs=1", "schedule.milestones=[]", "generations=0"],
+        ["eta=1", "lam=1", "k=2", "schedule.epochs=1", "schedule.milestones=[]", "generations=0"],
     )
-    assert (config.eta, config.lam, config.k) == (0.0, 1.0, 2)
+    assert (config.eta, config.lam, config.k) == (1.0, 1.0, 2)
 
 
 def test_validate_type_checks_a_hand_built_config() -> None:

@@ -31,9 +31,12 @@ from kdgen.errors import ConfigError
 from kdgen.generations import train_generations
 from kdgen.runs import RunFolder, load_checkpoint
 from tests.conftest import FAST
+from tests.stop_after_saves import THREADS_AT_EXIT
 
-# An entry point that stops the writing rank after N state saves (see the script).
+# An entry point that stops the writing rank after N state saves (0: never) and reports
+# the gloo threads still alive at its end (see the script).
 STOP_AFTER_SAVES = str(Path(__file__).with_name("stop_after_saves.py"))
+KDGEN_REPORTING_THREADS = (STOP_AFTER_SAVES, "0")
 
 
 def torchrun_command(args: list[str], entry: tuple[str, ...] = ("-m", "kdgen")) -> list[str]:
@@ -62,6 +65,16 @@ def torchrun(
 
 def train_args(out: Path, *extra: str) -> list[str]:
     return ["train", "smoke", *FAST, "device=cpu", *extra, "--out", str(out)]
+
+
+def assert_torn_down(stderr: str, ranks: tuple[int, ...] = (0, 1)) -> None:
+    """Each of ``ranks`` ended with its process group destroyed and its gloo threads
+    joined, and no process aborted at exit ("terminate called ...": a gloo worker that
+    outlives the group and takes the GIL while the interpreter shuts down)."""
+    for rank in ranks:
+        assert f"rank {rank} {THREADS_AT_EXIT} []" in stderr, stderr[-3000:]
+    assert "outlived destroy_process_group" not in stderr, stderr[-3000:]
+    assert "terminate called" not in stderr, stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +117,7 @@ def test_checkpoints_hold_the_plain_module(two_process_run: Path) -> None:
         for key in load_checkpoint(two_process_run / "checkpoints" / "last.pt")["model"]
     )
     lines = (two_process_run / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == len(set(lines)) == 2 * 2 * 3  # one writer: generations x epochs x splits
+    assert len(lines) == len(set(lines)) == 2 * 2 * 4  # one writer: generations x epochs x splits
 
 
 @pytest.mark.slow
@@ -112,10 +125,12 @@ def test_resume_of_an_interrupted_distributed_run(two_process_run: Path, tmp_pat
     out = tmp_path / "run"
     stopped = torchrun(train_args(out), entry=(STOP_AFTER_SAVES, "3"))  # gen0 done, gen1 epoch 1
     assert stopped.returncode != 0
+    assert_torn_down(stopped.stderr, ranks=(0,))  # rank 1 may end in a broken collective
     assert not (out / "checkpoints" / "gen1.pt").exists()
     assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
-    resumed = torchrun(["train", "--resume", str(out)])
+    resumed = torchrun(["train", "--resume", str(out)], entry=KDGEN_REPORTING_THREADS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_torn_down(resumed.stderr)
     ours = json.loads((out / "summary.json").read_text())["generations"]
     reference = json.loads((two_process_run / "summary.json").read_text())["generations"]
     for a, b in zip(ours, reference, strict=True):
@@ -131,7 +146,7 @@ def test_sigterm_under_torchrun_saves_mid_epoch_and_resumes_exactly(tmp_path: Pa
     args = ["generations=0", "schedule.epochs=2", "data.batch_size=4"]  # 175 steps an epoch
     run, ref = tmp_path / "run", tmp_path / "ref"
     process = subprocess.Popen(
-        torchrun_command(train_args(run, *args)),
+        torchrun_command(train_args(run, *args), KDGEN_REPORTING_THREADS),
         env=torchrun_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -156,9 +171,11 @@ def test_sigterm_under_torchrun_saves_mid_epoch_and_resumes_exactly(tmp_path: Pa
     assert len(saved["partial"]["ranks"]) == 2
     assert json.loads(state.read_text())["status"] == "interrupted"
     assert "interrupted by SIGTERM at generation 0, epoch 2" in err
+    assert_torn_down(err)
 
-    resumed = torchrun(["train", "--resume", str(run)])
+    resumed = torchrun(["train", "--resume", str(run)], entry=KDGEN_REPORTING_THREADS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_torn_down(resumed.stderr)
     reference = torchrun(train_args(ref, *args))
     assert reference.returncode == 0, reference.stderr[-3000:]
     ours = json.loads((run / "summary.json").read_text())["generations"]

@@ -37,6 +37,9 @@ DISTRIBUTION_OF_MODULE = {
     "PIL": "Pillow",
     "yaml": "PyYAML",
     "nltk": "NLTK",
+    "huggingface_hub": "huggingface_hub",
+    "mlflow": "MLflow",
+    "wandb": "wandb",
 }
 
 
@@ -154,3 +157,17 @@ def test_the_readme_names_every_declared_dependency() -> None:
     paragraph = _readme_dependency_paragraph().lower()
     readme_name = {"torch": "pytorch"}
     assert [n for n in names if readme_name.get(n, n).lower() not in paragraph] == []
+
+
+def test_readme_says_how_to_call_the_kdgen_that_make_installs() -> None:
+    venv = re.search(r"^VENV \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert venv is not None
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{venv.group(1)}/bin/kdgen" in readme
+    assert f"source {venv.group(1)}/bin/activate" in readme
+
+
+def test_readme_says_the_demo_tables_last_digits_depend_on_the_cpu() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    demo = readme[readme.index("`make demo` needs no download") : readme.index("Test metrics")]
+    assert "the last digits depend on the CPU" in demo

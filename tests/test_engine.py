@@ -103,7 +103,7 @@ def test_one_generation_really_learns() -> None:
     assert result.final["val"]["top1"] > 10 * chance
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
     assert train_losses[-1] < 0.8 * train_losses[0]
-    assert {r["split"] for r in records} == {"train", "val", "test"}
+    assert {r["split"] for r in records} == {"train", "val", "test", "train_eval"}
     assert [r["epoch"] for r in records if r["split"] == "test"] == list(range(1, 7))
 
 

@@ -51,7 +51,7 @@ def test_run_folder_and_summary(fast_config: Callable[..., Config]) -> None:
 
     records = [json.loads(line) for line in folder.metrics_path.read_text().splitlines()]
     assert {(r["generation"], r["split"]) for r in records} == {
-        (g, s) for g in range(3) for s in ("train", "val", "test")
+        (g, s) for g in range(3) for s in ("train", "val", "test", "train_eval")
     }
     assert all(r["epoch"] in (1, 2) for r in records)
     assert (result.path / "metrics.csv").read_text().startswith("generation,epoch,split")

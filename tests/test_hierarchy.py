@@ -105,13 +105,23 @@ def test_json_coarse_label_form(tmp_path: Path) -> None:
     assert hierarchy.distance_matrix()[0].tolist() == [0.0, 1.0, 1.0, 2.0]
 
 
+def test_json_class_with_a_coarse_label_of_its_own_name(tmp_path: Path) -> None:
+    # Fashion-MNIST's "bag" is its own coarse group: a label, not a cycle.
+    path = _write(tmp_path, {"dog": "pet", "cat": "pet", "fish": "fish", "car": "car"})
+    hierarchy = Hierarchy.from_json(path, CLASSES)
+    assert hierarchy.coarse_of_fine().tolist() == [0, 0, 1, 2]
+    assert hierarchy.coarse_names == ["pet", "fish (coarse)", "car (coarse)"]
+    assert hierarchy.labels == {"fish (coarse)": "fish", "car (coarse)": "car"}
+    assert hierarchy.distance_matrix()[2].tolist() == [2.0, 2.0, 0.0, 2.0]
+
+
 @pytest.mark.parametrize(
     ("data", "match"),
     [
         ({"dog": "pet", "cat": "pet", "fish": "pet"}, "no parent given for 1 class.*'car'"),
         ({**TREE, "cow": "mammal"}, "unknown classes: 'cow'"),
         ({**TREE, "root": "vehicle"}, "cycle: .*root"),
-        ({**TREE, "dog": "dog"}, "cycle: dog -> dog"),
+        ({**TREE, "mammal": "mammal"}, "cycle: mammal -> mammal"),
         ({**TREE, "dog": 3}, "must map a string"),
         (["dog"], "one JSON object"),
     ],

@@ -10,15 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from kdgen.build import load_data
 from kdgen.config import build_config
+from kdgen.data.dataset_loader import DatasetLoader, shard_batches
 from kdgen.data.hierarchy import Hierarchy
-from kdgen.data.imagefolder import (
-    FolderLoader,
-    eval_transform,
-    load_image_folder,
-    shard_batches,
-    train_transform,
-)
+from kdgen.data.imagefolder import eval_transform, load_image_folder, train_transform
 from kdgen.errors import DataError
 from kdgen.generations import train_generations
 
@@ -91,6 +87,20 @@ def test_shuffled_order_is_a_function_of_seed_and_epoch(dataset_root: Path) -> N
     assert len(flat) == len(set(flat)) == 18
 
 
+def test_crops_and_flips_are_a_function_of_seed_generation_and_epoch(dataset_root: Path) -> None:
+    def images(workers: int, generation: int, epoch: int) -> torch.Tensor:
+        data = load_image_folder(dataset_root, image_size=SIZE, workers=workers)
+        train, _ = data.loaders(6, 6, seed=0)
+        train.set_generation(generation)
+        train.set_epoch(epoch)
+        return torch.cat([batch for batch, _ in train])
+
+    first = images(0, 0, 1)
+    assert torch.equal(first, images(0, 0, 1))
+    assert torch.equal(first, images(1, 0, 1))  # a worker process draws the same crops
+    assert not torch.equal(first, images(0, 0, 2)) and not torch.equal(first, images(0, 1, 1))
+
+
 def test_sharding_splits_each_global_batch() -> None:
     full = shard_batches(10, 4, shuffle=True, generator=torch.Generator().manual_seed(3))
     parts = [
@@ -161,6 +171,26 @@ def test_a_run_on_an_image_folder_with_a_hierarchy_file(dataset_root: Path, tmp_
     assert classes["coarse_of_fine"] == [0, 0, 1]
 
 
+def test_no_hierarchy_warns_that_dist_c_and_s_are_null(dataset_root: Path) -> None:
+    with pytest.warns(UserWarning, match="no class hierarchy.*data.hierarchy=FILE.json"):
+        data = load_image_folder(dataset_root, workers=0)
+    assert data.hierarchy is None
+
+
+def test_default_workers_are_at_most_the_usable_cores(
+    dataset_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load_image_folder(dataset_root).workers == 2
+    assert load_image_folder(dataset_root, workers=3).workers == 3  # an explicit choice stays
+    config = build_config(
+        "smoke", ["data.name=imagefolder", f"data.root={dataset_root}", "data.val_size=3"]
+    )
+    assert config.data.imagefolder.workers is None
+    assert load_data(config).workers == 2
+
+
 def test_workers_and_pinning(dataset_root: Path) -> None:
     data = load_image_folder(dataset_root, image_size=SIZE, workers=1)
     train, _ = data.loaders(6, 6, seed=0)
@@ -215,6 +245,6 @@ def test_unreadable_image(dataset_root: Path, tmp_path: Path, workers: int) -> N
 def test_loader_rejects_bad_batch_size(dataset_root: Path) -> None:
     data = load_image_folder(dataset_root, workers=0)
     with pytest.raises(DataError, match="batch_size=0"):
-        FolderLoader(data.test, 0)
+        DatasetLoader(data.test, 0)
     with pytest.raises(DataError, match="exceeds the 18 training images"):
         data.loaders(19, 4)

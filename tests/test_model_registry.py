@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +82,36 @@ def test_kdgen_models_lists_every_source(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["models", "--all"]) == 0
     every = capsys.readouterr().out.split()
     assert {"resnet56", "tv:resnet18", "timm:resnet18"} <= set(every)
+
+
+def test_torchvision_weights_are_refused_naming_the_key_unless_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model_args.weights=DEFAULT: .* not on this machine"):
+        create_model("tv:shufflenet_v2_x0_5", 10, weights="DEFAULT")
+    with pytest.raises(ConfigError, match=r"model_args.weights=V9: .* has weights IMAGENET1K_V1"):
+        create_model("tv:shufflenet_v2_x0_5", 10, weights="V9")
+
+
+def test_cached_torchvision_weights_start_the_body_and_the_head_is_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision
+
+    from kdgen.models.torchvision_models import cached_weights_file, local_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(1)
+    imagenet = torchvision.models.get_model("shufflenet_v2_x0_5", weights=None)
+    weights = torchvision.models.get_model_weights("shufflenet_v2_x0_5")["DEFAULT"]
+    path = cached_weights_file(weights)
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), path)  # stands in for the downloaded file
+    assert local_weights("shufflenet_v2_x0_5", "ShuffleNet_V2_X0_5_Weights.DEFAULT") == weights
+    model = create_model("tv:shufflenet_v2_x0_5", 10, weights="DEFAULT")
+    body = model.body.state_dict()
+    expected = {k: v for k, v in imagenet.state_dict().items() if not k.startswith("fc.")}
+    assert body.keys() == expected.keys()
+    assert all(torch.equal(body[k], v) for k, v in expected.items())
+    assert model.fc.out_features == 10 and model.fc.in_features == imagenet.fc.in_features

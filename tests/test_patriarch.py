@@ -85,6 +85,7 @@ def test_a_reused_patriarch_is_loaded_not_trained(
         "config_hash": theirs["config_hash"],
         "sha256": hashlib.sha256(before[0]).hexdigest(),
         "seeding": SEEDING_SCHEME,
+        "kind": "run",
     }
     state = RunFolder(shared.path).read_state()
     for written in (shared.summary, state):
@@ -126,22 +127,22 @@ def test_a_mismatched_patriarch_is_refused_naming_the_keys(
 @pytest.mark.slow
 def test_every_differing_key_is_named(fast_config: Callable[..., Config], strict: Path) -> None:
     """Batch size, optimiser, model arguments and the resolved layout (channels_last unset
-    is the contiguous layout on the CPU), named in one line, sorted."""
+    is channels_last on the CPU), named in one line, sorted."""
     overrides = (
         "data.batch_size=25",
         "schedule.weight_decay=0.001",
         "schedule.momentum=0.5",
         "schedule.nesterov=false",
         "model_args.widths=[8,16,32]",
-        "channels_last=true",
+        "channels_last=false",
     )
     with pytest.raises(CheckpointError) as refused:
         _load(fast_config, strict, *overrides, out="x")
     assert str(refused.value) == (
         f"patriarch {strict} does not match this run: it was trained with "
-        "data.batch_size=50, layout='contiguous', model_args.widths=None, "
+        "data.batch_size=50, layout='channels_last', model_args.widths=None, "
         "schedule.momentum=0.9, schedule.nesterov=True, schedule.weight_decay=0.0005, "
-        "this run has data.batch_size=25, layout='channels_last', "
+        "this run has data.batch_size=25, layout='contiguous', "
         "model_args.widths=[8, 16, 32], schedule.momentum=0.5, schedule.nesterov=False, "
         "schedule.weight_decay=0.001"
     )

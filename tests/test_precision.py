@@ -47,7 +47,7 @@ def test_cpu_defaults_to_channels_last_and_mps_to_contiguous() -> None:
 
 
 def test_numerics_record_round_trips() -> None:
-    for numerics in (Numerics("bf16", True), Numerics("fp32", False)):
+    for numerics in (Numerics("bf16", True), Numerics("fp32", False), Numerics("fp16", True)):
         assert Numerics.from_record(numerics.record()) == numerics
     assert Numerics.from_record({"status": "running"}) is None
 
@@ -57,10 +57,12 @@ def test_precision_config_and_the_older_amp_key() -> None:
     assert precision_setting(build_config("smoke", ["precision=bf16"])) == "bf16"
     assert precision_setting(build_config("smoke", ["amp=false"])) == "fp32"
     assert precision_setting(build_config("smoke", ["amp=true"])) == "auto"
-    with pytest.raises(ConfigError, match="precision='fp16' must be one of auto, fp32, bf16"):
-        build_config("smoke", ["precision=fp16"])
-    with pytest.raises(ConfigError, match="amp=false"):
-        build_config("smoke", ["amp=false", "precision=bf16"])
+    assert precision_setting(build_config("smoke", ["precision=fp16"])) == "fp16"
+    with pytest.raises(ConfigError, match="precision='fp8' must be one of auto, fp32, bf16, fp16"):
+        build_config("smoke", ["precision=fp8"])
+    for precision in ("bf16", "fp16"):
+        with pytest.raises(ConfigError, match=f"amp=false .* contradicts precision={precision}"):
+            build_config("smoke", ["amp=false", f"precision={precision}"])
 
 
 def test_older_configs_keep_their_hash() -> None:

@@ -1,4 +1,4 @@
-"""Checks before the run folder is made (kdgen.build.preflight): a mistake they catch
+"""Checks before the run folder is made (kdgen.preflight): a mistake they catch
 leaves no folder behind, and a folder whose run failed before its first checkpoint is
 taken by the corrected command."""
 
@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from kdgen.build import Preflight, check_model, load_data, preflight, run_numerics
+from kdgen.build import check_model, load_data, run_numerics
 from kdgen.cli import main
 from kdgen.config import Config, build_config
 from kdgen.errors import KdgenError
 from kdgen.generations import train_generations
 from kdgen.models import registry
+from kdgen.preflight import Preflight, preflight
 from kdgen.runs import RunFolder
 from tests.conftest import FAST
 

@@ -167,6 +167,9 @@ def test_process_label() -> None:
     assert process_label(base) == "D(0.6,0.6):lsr"
     assert process_label({**base, "regularizer": "tsd"}) == "D(0.6,0.6)"
     assert process_label({**base, "process": "D(1.0,0.6)", "eta": 1.0}) == "D(1.0,0.6)"
+    tsd = {**base, "regularizer": "tsd"}
+    assert process_label({**tsd, "snapshot": {"cycles": 3}}) == "D(0.6,0.6) snapshot×3"
+    assert process_label({**tsd, "auto": {"max_generations": 3}}) == "D(0.6,0.6) auto"
 
 
 def test_summarize_uses_sample_std() -> None:
@@ -557,3 +560,64 @@ def test_runs_without_logits_are_noted(tmp_path: Path) -> None:
     assert "no test logits of generation 0" in text
     assert "Difference from" not in text  # no baseline
     assert "## Training loss" not in text
+
+
+def _snapshot_summary(seed: int) -> dict[str, Any]:
+    """D(0.6,0.6) as one training of 3 snapshot cycles; its last cycle ends at test top-1
+    0.73, 0.75, 0.74 on seeds 0-2 (the baseline's generation 0: 0.70 on each)."""
+    summary = _summary("D(0.6,0.6)", seed)
+    summary["snapshot"] = {"cycles": 3, "temperature": 2.0, "cycle_epochs": [1, 1, 1]}
+    for entry in summary["generations"]:
+        entry["stage"] = "cycle"
+    summary["generations"][2]["test"] = _metrics([0.73, 0.75, 0.74][seed], 0.25, 0.6)
+    return summary
+
+
+def _auto_summary(seed: int) -> dict[str, Any]:
+    """D(0.6,0.6) under generations=auto: the grid's generations, seed 2 stopped after 1."""
+    summary = _summary("D(0.6,0.6)", seed)
+    summary["auto"] = {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 2}
+    summary["generations"] = summary["generations"][: 2 if seed == 2 else 3]
+    best = summary["generations"][-1]
+    summary["chosen"] = {
+        "generation": best["generation"],
+        "stage": "generation",
+        "metric": "val_top1",
+        "value": best["val"]["top1"],
+        "test": best["test"],
+        "ensemble": None,
+        "reason": "the best val_top1",
+    }
+    return summary
+
+
+def test_snapshot_and_auto_runs_are_processes_of_their_own(sweep: Path, tmp_path: Path) -> None:
+    root = tmp_path / "study"
+    shutil.copytree(sweep, root / "grid")
+    for seed in SEEDS:
+        for kind, summary in (("snapshot", _snapshot_summary(seed)), ("auto", _auto_summary(seed))):
+            path = root / kind / f"seed{seed}"
+            path.mkdir(parents=True)
+            RunFolder(path).write_summary(summary)
+    groups = group_runs(find_runs([root]))
+    assert [len(groups[label]) for label in ("D(0.6,0.6)", "D(0.6,0.6) snapshot×3")] == [3, 3]
+    assert [run.seed for run in groups["D(0.6,0.6) auto"]] == [0, 1, 2]
+
+    text = write_report([root], tmp_path / "out").read_text()
+    # Snapshot cycles pair with the baseline's one training, generation 0: +3, +5, +4 pp.
+    half = T_975_2 * 1.0 / math.sqrt(3)
+    row = _row(_differences(text), "D(0.6,0.6) snapshot×3", "c2 vs 0")
+    assert row[2:6] == ["3", "**+4.00**", f"[{4 - half:+.2f}, {4 + half:+.2f}]", "yes"]
+    assert _row(text, "D(0.6,0.6) snapshot×3", "c2")[3] == "74.00 ± 1.00"
+    ensembles = text.split("## Ensembles: difference")[1].split("## ")[0]
+    assert "snapshot×3" not in ensembles  # 3 snapshots are not 3 generations
+    # An auto run pairs by seed and generation; seed 2 has no generation 2.
+    assert _row(_differences(text), "D(0.6,0.6) auto", "2")[2] == "2"
+    assert _row(text, "D(0.6,0.6) auto", "single (2,2,1)")[3:5] == ["3", "**76.33 ± 1.53**"]
+
+    # Against a snapshot baseline, a run of generations pairs with its last cycle.
+    assert main(["report", str(root), "--out", str(tmp_path / "b"), "--baseline",
+                 "D(0.6,0.6) snapshot×3"]) == 0  # fmt: skip
+    text = _differences(tmp_path / "b" / "report.md")
+    assert _row(text, "D(1.0,0.0)", "0 vs c2")[3] == "**-4.00**"
+    assert _row(text, "D(1.0,0.0)", "2 vs c2")[2] == "3"

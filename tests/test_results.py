@@ -35,7 +35,8 @@ def _numerics(folder: RunFolder) -> Numerics:
 def test_every_committed_run_has_its_config() -> None:
     runs = _runs()
     assert runs and [f.path for f in runs if not f.config_path.is_file()] == []
-    assert len([f for f in runs if _unrecorded(f)]) == 6  # Fashion-MNIST's D(1.0,0.6)
+    # The D(1.0,0.6) runs of both Fashion-MNIST studies predate the patriarch record.
+    assert len([f for f in runs if _unrecorded(f)]) == 12
 
 
 def test_the_configs_of_seed_0_hash_to_their_summaries() -> None:

@@ -117,10 +117,10 @@ def test_a_resumed_generation_draws_the_uninterrupted_stream(
 def test_image_folder_loader_draws_a_stream_per_generation() -> None:
     from torch.utils.data import TensorDataset
 
-    from kdgen.data.imagefolder import FolderLoader
+    from kdgen.data.dataset_loader import DatasetLoader
 
     data = TensorDataset(torch.zeros(64, 3, 2, 2), torch.arange(64))
-    loader = FolderLoader(data, 8, shuffle=True, seed=3, workers=0)
+    loader = DatasetLoader(data, 8, shuffle=True, seed=3, workers=0)
     first = loader.batches()
     loader.set_generation(1)
     second = loader.batches()

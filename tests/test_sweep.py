@@ -41,6 +41,42 @@ def test_plan_pairs_patriarchs_within_a_seed(tmp_path: Path) -> None:
     assert len({r.path for r in runs}) == 12
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--processes", "D(1.0,0.0)", "--jobs", "0"], "--jobs 0 must be at least 1"),
+        (
+            ["--processes", "D(1.0,0.0)", "D(0.6,0.6)", "D(1,0)"],
+            "'D(1.0,0.0)' and 'D(1,0)' are the same process (D(1.0,0.0))",
+        ),
+        (
+            ["--processes", "D(0.6,0.6):tsd", "D(0.6, 0.6)"],
+            "'D(0.6,0.6):tsd' and 'D(0.6, 0.6)' are the same process",
+        ),
+        (["eta=0.9", "--processes", "D(0.6,0.6)"], "sets eta=0.6, but eta=0.9 is given too"),
+    ],
+)
+def test_a_sweep_that_would_ignore_a_setting_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code = main(["sweep", "smoke", *argv, "--print", "--out", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_warning_is_one_line_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["schedule.scheduler=multistep", "schedule.milestones=[3,9]"]
+    code = main(["sweep", "smoke", *argv, "--processes", "D(1.0,0.0)", "--print"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err == (
+        "kdgen: warning: schedule.milestones=[3, 9]: 9 lies at or past schedule.epochs=6, "
+        "so the lr never decays there; lower them or raise the epochs\n"
+    )
+
+
 def test_sweep_print_emits_one_command_per_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -94,11 +94,11 @@ def _check_result(result: dict, run_dir: Path, data: str) -> None:
 @pytest.mark.slow
 def test_transfer_synthetic(run_dir: Path) -> None:
     result = transfer_run(
-        run_dir, "synthetic", options=SYNTHETIC, device="cpu", test_subset=50, max_iter=100
+        run_dir, "synthetic", options=SYNTHETIC, device="cpu", test_subset=100, max_iter=100
     )
     _check_result(result, run_dir, "synthetic")
     assert result["classifier"] in ("sklearn", "torch-lbfgs")
-    assert (result["train_size"], result["test_size"]) == (200, 50)
+    assert (result["train_size"], result["test_size"]) == (200, 100)
     assert result["adaptation"] == {"channels": "as is", "resize": None}
     table = format_transfer_table(result)
     assert "| gen | test top-1 |" in table
@@ -130,6 +130,21 @@ def test_grey_features_through_colour_model(run_dir: Path) -> None:
     features, labels = extract_features(model, loader, adapter)
     assert features.shape == (6, model.num_features) and torch.isfinite(features).all()
     assert torch.equal(labels, torch.arange(6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("subsets", "message"),
+    [
+        ({"train_subset": 99}, "train_subset=99 is smaller than the 100 classes of synthetic"),
+        ({"test_subset": 50}, "test_subset=50 is smaller than the 100 classes"),
+    ],
+)
+def test_a_subset_smaller_than_the_classes_is_refused(
+    run_dir: Path, subsets: dict[str, int], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        transfer_run(run_dir, "synthetic", options=SYNTHETIC, device="cpu", **subsets)
 
 
 @pytest.mark.slow

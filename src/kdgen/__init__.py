@@ -9,12 +9,19 @@ The Python API mirrors the command line::
 """
 
 from kdgen.config import Config, build_config, config_from_dict, list_presets
-from kdgen.data import ImageDataset, list_datasets, load_dataset
+from kdgen.data import (
+    ImageDataset,
+    SourceRequest,
+    TorchData,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+)
 from kdgen.engine import TrainSettings, freeze, train_generation
 from kdgen.errors import CheckpointError, ConfigError, DataError, KdgenError, RunDirError
 from kdgen.evaluation import evaluate_run, load_generation_model
 from kdgen.generations import RunResult, train_generations
-from kdgen.models import create_model, list_models
+from kdgen.models import create_model, list_models, register_model
 
 __version__ = "0.1.0"
 
@@ -27,6 +34,8 @@ __all__ = [
     "KdgenError",
     "RunDirError",
     "RunResult",
+    "SourceRequest",
+    "TorchData",
     "TrainSettings",
     "build_config",
     "config_from_dict",
@@ -38,6 +47,8 @@ __all__ = [
     "list_presets",
     "load_dataset",
     "load_generation_model",
+    "register_dataset",
+    "register_model",
     "train_generation",
     "train_generations",
 ]

@@ -2,32 +2,48 @@
 hierarchy, the precision and layout, and the models of each generation.
 
 Training (:mod:`kdgen.generations`), re-evaluation (:mod:`kdgen.evaluation`), transfer,
-the report and the benchmarks all build their pieces here, the same way.
+the report and the benchmarks all build their pieces here, the same way. A caller's own
+model factory and data (:func:`with_user_objects`) are built here too, by the names a
+run's config records in their place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from kdgen import preemption
-from kdgen.config import Config, precision_setting
-from kdgen.data import Augment, DataSource, Loader, LoaderSettings, load_source
+from kdgen.config import (
+    Config,
+    is_user_object,
+    max_generation,
+    model_args_of,
+    model_of,
+    precision_setting,
+)
+from kdgen.data import Augment, DataSource, Loader, LoaderSettings, TorchData, load_source
 from kdgen.data.hierarchy import Hierarchy
 from kdgen.distributed import SINGLE, Distributed
 from kdgen.engine import EvalSettings, TrainSettings
 from kdgen.errors import CheckpointError, ConfigError, KdgenError
 from kdgen.models import create_model
-from kdgen.policy import patriarch_mismatch
+from kdgen.plugins import import_modules
 from kdgen.precision import Numerics, choose_numerics, resolve_channels_last
-from kdgen.provenance import patriarch_paths, run_digest, warn_patriarch
 from kdgen.runs import RunFolder, check_identity, load_checkpoint
 from kdgen.seeding import derive_seed
+
+ModelFactory = Callable[[int], nn.Module]
+"""A caller's model: ``factory(num_classes) -> nn.Module``."""
+
+# The Python objects this process was handed (:func:`with_user_objects`), by the names a
+# run's config records in their place.
+_USER_FACTORIES: dict[str, ModelFactory] = {}
+_USER_DATA: dict[str, TorchData] = {}
 
 
 @dataclass
@@ -46,8 +62,71 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def with_user_objects(
+    config: Config, model: ModelFactory | None = None, data: TorchData | None = None
+) -> Config:
+    """``config`` with a caller's model factory and data in place of its ``model`` and
+    ``data.name``, or ``config`` itself when neither is given.
+
+    The copy names them by description, ``<user factory: module.qualname>`` and
+    ``<user TorchData: ...>`` (:func:`kdgen.config.is_user_object`): that is all a run
+    folder can record of them, and it is part of the config hash, so such a run never
+    passes for one of a named model or data set. ``data.val_size`` becomes the TorchData's.
+    The objects stay buildable under those names for the rest of this process.
+    """
+    if model is not None:
+        if config.model_args:
+            raise ConfigError(
+                f"model_args ({', '.join(sorted(config.model_args))}) go to a named model, "
+                "not to a model factory: build them into the factory"
+            )
+        name = f"<user factory: {factory_name(model)}>"
+        _USER_FACTORIES[name] = model
+        config = replace(config, model=name)
+    if data is not None:
+        if not isinstance(data, TorchData):
+            raise ConfigError(f"data= takes a kdgen.TorchData, not {type(data).__name__}")
+        name = data.describe()
+        _USER_DATA[name] = data
+        config = replace(config, data=replace(config.data, name=name, val_size=data.val_size))
+    return config
+
+
+def factory_name(factory: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function or class (of a callable object's class); for a
+    ``functools.partial``, that of its function with the bound arguments' reprs."""
+    if isinstance(factory, functools.partial):
+        bound = [repr(value) for value in factory.args]
+        bound += [f"{key}={value!r}" for key, value in factory.keywords.items()]
+        return f"{factory_name(factory.func)}({', '.join(bound)})"
+    owner = factory if hasattr(factory, "__qualname__") else type(factory)
+    return f"{owner.__module__}.{owner.__qualname__}"
+
+
+def require_user_objects(config: Config) -> None:
+    """ConfigError unless every Python object that ``config`` names (a run made with
+    :func:`with_user_objects`) was handed to this process."""
+    named = (("model", config.model, _USER_FACTORIES), ("data", config.data.name, _USER_DATA))
+    missing = [
+        f"{key}={value!r}"
+        for key, value, known in named
+        if is_user_object(value) and value not in known
+    ]
+    if missing:
+        raise ConfigError(
+            f"{'; '.join(missing)}: a Python object that kdgen does not record; pass the same "
+            "one again from Python (model=... / data=... of kdgen.train_generations or "
+            "kdgen.load_generation_model)"
+        )
+
+
 def load_data(config: Config) -> DataSource:
-    """The configured data source: in-memory tensors, or an image folder read by workers."""
+    """The configured data source: in-memory tensors, an image folder read by workers, a
+    caller's TorchData, or a user's, registered by a module of ``imports`` (imported first)."""
+    import_modules(config.imports)
+    require_user_objects(config)
+    if is_user_object(config.data.name):
+        return _USER_DATA[config.data.name]
     return load_source(config.data, derive_seed("val-split", config.seed))
 
 
@@ -115,18 +194,28 @@ def build_model(
     device: torch.device,
     channels_last: bool | None = None,
 ) -> nn.Module:
-    """A freshly initialised model of one generation; its init depends on (seed, generation).
-    Its weights are in channels_last layout if ``channels_last`` (by default: as ``config``
-    says)."""
+    """A freshly initialised model of one generation (its model: :func:`model_of`); its init
+    depends on (seed, generation). Its weights are in channels_last layout if
+    ``channels_last`` (by default: as ``config`` says). The modules of ``imports`` are
+    imported first: they may register the model."""
+    import_modules(config.imports)
     torch.manual_seed(derive_seed("init", config.seed, generation))
-    model = create_model(
-        config.model, dataset.num_classes, dataset.in_channels, **config.model_args
-    )
+    model = _create(model_of(config, generation), dataset, model_args_of(config, generation))
     model = model.to(device)
     if channels_last is None:
         channels_last = resolve_channels_last(config.channels_last, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _create(name: str, dataset: DataSource, args: dict[str, Any]) -> nn.Module:
+    """The model ``name`` (a caller's factory, or a registered model with ``args``)."""
+    if not is_user_object(name):
+        return create_model(name, dataset.num_classes, dataset.in_channels, **args)
+    model = _USER_FACTORIES[name](dataset.num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -162,6 +251,7 @@ def train_settings(
         max_grad_norm=config.max_grad_norm,
         check_every=config.check_every,
         compile_model=config.compile,
+        ema_decay=config.ema.decay,
     )
 
 
@@ -172,100 +262,44 @@ def load_model(
     source are ``config`` and ``source``), checked against them, in eval mode."""
     path = folder.generation_checkpoint(generation)
     payload = load_checkpoint(path)
+    name = model_of(config, generation)
     expected = {
-        "model_name": config.model,
+        "model_name": name,
         "num_classes": source.num_classes,
         "in_channels": source.in_channels,
     }
     check_identity(payload, expected, "checkpoint", path)
     model = build_model(config, source, generation, device)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path} does not fit the model {config.model}: {first}") from None
+    load_weights(model, payload["model"], str(path), name)
     return model.eval()
 
 
-def _check_patriarch(
-    config: Config, run_dir: Path, payload: dict[str, Any], device: torch.device, numerics: Numerics
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], what: str, model_name: str
 ) -> None:
-    """Refuse a patriarch that is not the one this run would train (exit 2, one line): its
-    numerics are those its run.json recorded, resolved as a resume of it would."""
-    folder = RunFolder(run_dir)
-    if not folder.config_path.exists():
-        raise CheckpointError(
-            f"patriarch {run_dir} cannot be checked: it has no config.yaml beside its checkpoints"
-        )
-    trained, recorded = folder.read_config(), folder.read_state()
-    if payload.get("config_hash") != run_digest(trained, recorded):
-        raise CheckpointError(
-            f"patriarch {run_dir}: its gen0 checkpoint does not belong to its config.yaml"
-        )
-    their_numerics = run_numerics(trained, device, recorded)
-    mismatch = patriarch_mismatch(trained, their_numerics, config, numerics)
-    if mismatch:
-        raise CheckpointError(f"patriarch {run_dir} does not match this run: {mismatch}")
+    """Load ``state`` into ``model`` strictly; a CheckpointError names the keys it lacks,
+    those it has besides, and the tensors whose shapes differ."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [
+        f"{key} {tuple(state[key].shape)} where the model has {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and state[key].shape != value.shape
+    ]
+    problems = [
+        f"{label} {_first_few(keys)}"
+        for label, keys in (("lacks", missing), ("has besides", unexpected), ("has", reshaped))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model {model_name}: {'; '.join(problems)}")
+    model.load_state_dict(state)
 
 
-def patriarch_checkpoint(
-    config: Config, source: DataSource, device: torch.device, numerics: Numerics, warn: bool = True
-) -> dict[str, Any]:
-    """The gen0 checkpoint of ``patriarch=PATH``, refused unless that run's generation 0
-    was trained exactly as this run would train it (:func:`kdgen.policy.patriarch_mismatch`)
-    on data of this run's classes and channels; with ``warn``, the warnings of
-    :func:`kdgen.provenance.warn_patriarch`."""
-    run_dir, path = patriarch_paths(config)
-    if not path.exists():
-        raise CheckpointError(
-            f"patriarch={config.patriarch}: {path} does not exist; give a run folder whose "
-            "generation 0 is trained, or its checkpoints/gen0.pt"
-        )
-    payload = load_checkpoint(path)
-    _check_patriarch(config, run_dir, payload, device, numerics)
-    expected = {"num_classes": source.num_classes, "in_channels": source.in_channels}
-    check_identity(payload, expected, "patriarch", path)
-    if warn:
-        warn_patriarch(run_dir, RunFolder(run_dir).read_state(), device)
-    return payload
-
-
-@dataclass
-class Preflight:
-    """What :func:`preflight` found: the loaded data source (the run uses it), the
-    model's parameter count and the batches of a training epoch."""
-
-    dataset: DataSource
-    parameters: int
-    steps_per_epoch: int
-
-
-def preflight(config: Config, device: torch.device, numerics: Numerics) -> Preflight:
-    """Every check of a run that can be made before its folder is: the data (present,
-    readable, large enough for ``data.val_size``, ``data.train_subset`` and the batch),
-    ``k`` against its classes, the class hierarchy, the model and ``model_args`` (built
-    once for the data's classes, channels and image size: :func:`check_model`) and the
-    patriarch (for this run's ``device`` and ``numerics``). Raises the one-line error of
-    the first that fails; a check is one line here.
-    """
-    dataset = load_data(config)
-    if config.k > dataset.num_classes:
-        raise ConfigError(
-            f"k={config.k} exceeds the {dataset.num_classes} classes of {config.data.name}"
-        )
-    evaluation_settings(config, dataset)
-    data = prepare_data(config, torch.device("cpu"), dataset, channels_last=False)
-    parameters = check_model(config, dataset)
-    if config.patriarch and not _has_own_patriarch(config):
-        patriarch_checkpoint(config, dataset, device, numerics, warn=False)
-    return Preflight(dataset, parameters, len(data.train_loader))
-
-
-def _has_own_patriarch(config: Config) -> bool:
-    """Whether the run's folder holds its generation 0 already (a resume needs no other
-    run's patriarch then)."""
-    out = config.out_dir
-    return out is not None and RunFolder(out).generation_checkpoint(0).exists()
+def _first_few(items: list[str], count: int = 3) -> str:
+    more = f" and {len(items) - count} more" if len(items) > count else ""
+    return ", ".join(items[:count]) + more
 
 
 def image_hw(source: DataSource) -> tuple[int, int]:
@@ -274,44 +308,70 @@ def image_hw(source: DataSource) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def check_model(config: Config, source: DataSource) -> int:
-    """Build ``config``'s model for ``source``'s classes and channels and run a batch of its
-    image size through it: on the meta device (no memory, no compute), or on the CPU for a
-    model that the meta device cannot run. A wrong name or ``model_args``, or a model that
-    cannot take these images or gives other than one logit per class, is a ConfigError.
-    Returns the number of parameters."""
-    height, width = image_hw(source)
-    shape = (2, source.in_channels, height, width)
+def input_shape(source: DataSource) -> tuple[int, ...]:
+    """The shape of one input of ``source``: a TorchData's first training item's, else
+    (channels, height, width) of its images."""
+    shape = getattr(source, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    return (source.in_channels, *image_hw(source))
+
+
+def check_models(config: Config, source: DataSource) -> int:
+    """:func:`check_model` for each generation's model (students of another model too),
+    each distinct one once, so that a wrong model is refused before anything is trained.
+    Returns the number of parameters of M_0's."""
+    import_modules(config.imports)
+    checked: dict[str, int] = {}
+    for generation in range(max_generation(config) + 1):
+        name = model_of(config, generation)
+        if name not in checked:
+            checked[name] = check_model(config, source, generation)
+    return checked[model_of(config, 0)]
+
+
+def check_model(config: Config, source: DataSource, generation: int = 0) -> int:
+    """Build generation ``generation``'s model for ``source``'s classes and channels and
+    run a batch of its input size through it: on the meta device (no memory, no compute),
+    or on the CPU for a model that the meta device cannot run. A wrong name or
+    ``model_args``, or a model that cannot take these inputs or gives other than one logit
+    per class, is a ConfigError. Returns the number of parameters."""
+    name = model_of(config, generation)
+    shape = (2, *input_shape(source))
+    sizes = "x".join(str(size) for size in shape[1:])
+    inputs = "inputs" if getattr(source, "input_shape", None) is not None else "images"
     try:
-        model, logits = _run_model(config, source, shape, torch.device("meta"))
+        model, logits = _run_model(config, source, generation, shape, torch.device("meta"))
     except KdgenError:
         raise
     except Exception:  # an operation that the meta device lacks: run the batch for real
         try:
-            model, logits = _run_model(config, source, shape, torch.device("cpu"))
+            model, logits = _run_model(config, source, generation, shape, torch.device("cpu"))
         except KdgenError:
             raise
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ConfigError(
-                f"model {config.model} cannot take the {shape[1]}x{height}x{width} images of "
-                f"{config.data.name}: {first}"
+                f"model {name} cannot take the {sizes} {inputs} of {config.data.name}: {first}"
             ) from None
     if tuple(logits.shape) != (shape[0], source.num_classes):
         raise ConfigError(
-            f"model {config.model} gives outputs of shape {tuple(logits.shape)} for a batch of "
+            f"model {name} gives outputs of shape {tuple(logits.shape)} for a batch of "
             f"{shape[0]}; a kdgen model must give (batch, {source.num_classes}) logits"
         )
     return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _run_model(
-    config: Config, source: DataSource, shape: tuple[int, int, int, int], device: torch.device
+    config: Config,
+    source: DataSource,
+    generation: int,
+    shape: tuple[int, ...],
+    device: torch.device,
 ) -> tuple[nn.Module, torch.Tensor]:
-    """The model, built on ``device``, and its logits for a batch of zeros of ``shape``;
-    the global RNG (which initialisation draws from) is left as it was."""
+    """Generation ``generation``'s model, built on ``device``, and its logits for a batch
+    of zeros of ``shape``; the global RNG (which initialisation draws from) is left as it was."""
+    name, args = model_of(config, generation), model_args_of(config, generation)
     with torch.random.fork_rng(devices=[]), device, torch.no_grad():
-        model = create_model(
-            config.model, source.num_classes, source.in_channels, **config.model_args
-        )
+        model = _create(name, source, args)
         return model, model.eval()(torch.zeros(shape))

@@ -13,16 +13,18 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdgen.errors import ERROR_PREFIX, KdgenError, one_line
+from kdgen.errors import ERROR_PREFIX, KdgenError, KdgenWarning, one_line
 from kdgen.preemption import TrainingStopped
 
 if TYPE_CHECKING:
     from kdgen.config import Config
     from kdgen.executors import Executor
+    from kdgen.policy import Stage
     from kdgen.sweep import SweepRun
 
 EXIT_USAGE = 2
@@ -39,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdgen import distributed
     from kdgen.config import build_config
     from kdgen.generations import train_generations
-    from kdgen.report import generations_table
+    from kdgen.report import chosen_line, generations_table
     from kdgen.runs import RunFolder
 
     source, overrides = _split_overrides(args.config, args.overrides)
@@ -69,55 +71,71 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not dist.is_main():
         return 0
     print(generations_table([result.summary]))
+    chosen = chosen_line(result.summary)
+    if chosen:
+        print(chosen)
     print(f"run folder: {result.path}")
     return 0
 
 
 def describe_run(config: Config, resume: bool = False, force_new: bool = False) -> str:
     """What ``kdgen train`` would do with ``config``, after every check it makes before
-    writing (:func:`kdgen.build.preflight`): the resolved config, the model and data, each
-    generation's schedule and loss, the numerics and the run folder. Writes nothing."""
-    from kdgen.build import preflight, resolve_device, run_numerics
-    from kdgen.config import to_yaml
-    from kdgen.policy import generation_schedule, loss_settings
+    writing (:func:`kdgen.preflight.preflight`): the resolved config, the model and data,
+    each stage's schedule and loss, the numerics and the run folder. Writes nothing."""
+    from dataclasses import replace
+
+    from kdgen.build import resolve_device, run_numerics
+    from kdgen.config import model_of, to_yaml
+    from kdgen.policy import plan_stages
+    from kdgen.preflight import preflight
     from kdgen.provenance import begin_run
     from kdgen.runs import choose_run_folder
 
     folder = choose_run_folder(config, resume, force_new)
+    config = replace(config, out_dir=str(folder.path))
     device = resolve_device(config.device)
     recorded = folder.read_state() if resume else {}
     numerics = run_numerics(config, device, recorded)
     checked = preflight(config, device, numerics)
     begin_run(config, device, recorded)  # a resume under another seeding scheme is refused
     data = checked.dataset
+    stages = plan_stages(config)
     saved = folder.finished_generations() if resume else []
+    last = stages[-1].index
+    what = f"cycles 0 ... {last}" if stages[0].kind == "cycle" else f"M_0 ... M_{last}"
+    if config.generations == "auto":
+        what += " at most (generations=auto)"
     lines = [
         "# the resolved config (a valid input to kdgen train)",
         to_yaml(config).rstrip(),
         "",
-        f"would train M_0 ... M_{config.generations} of {config.model} "
+        f"would train {what} of {config.model} "
         f"({checked.parameters:,} parameters) on {config.data.name} ({data.num_classes} "
         f"classes, {data.in_channels} channels), {checked.steps_per_epoch} steps an epoch "
         f"of {config.data.batch_size} images",
     ]
-    for generation in range(config.generations + 1):
-        schedule = generation_schedule(config, generation)
-        loss = loss_settings(config, generation)
-        how = ", ".join(f"{key}={value}" for key, value in loss.items() if key != "generation_role")
-        if generation in saved:
-            what = "saved already"
-        elif generation == 0 and config.patriarch:
-            what = f"loaded from patriarch={config.patriarch}"
-        else:
-            what = (
-                f"{schedule.epochs} epochs, lr {schedule.lr:g} ({schedule.scheduler}), "
-                f"{loss['generation_role']} loss: {how}"
-            )
-        lines.append(f"  generation {generation}: {what}")
+    for stage in stages:
+        lines.append(f"  {stage.kind} {stage.index}: {_stage_plan(config, stage, saved)}")
+        if model_of(config, stage.index) != config.model:
+            lines[-1] += f" (model {model_of(config, stage.index)})"
     lines.append(f"device {device}, precision {numerics.precision}, {numerics.layout} layout")
     state = "resumed" if resume else "reused" if folder.path.exists() else "new"
     lines.append(f"run folder: {folder.path} ({state}); nothing was written (--dry-run)")
     return "\n".join(lines)
+
+
+def _stage_plan(config: Config, stage: Stage, saved: list[int]) -> str:
+    """One stage in ``kdgen train --dry-run``: saved, loaded, or its schedule and loss."""
+    if stage.index in saved:
+        return "saved already"
+    if stage.index == 0 and config.patriarch:
+        return f"loaded from patriarch={config.patriarch}"
+    schedule, loss = stage.schedule, stage.loss.settings
+    how = ", ".join(f"{key}={value}" for key, value in loss.items() if key != "generation_role")
+    role = loss.get("generation_role", stage.kind)
+    return (
+        f"{schedule.epochs} epochs, lr {schedule.lr:g} ({schedule.scheduler}), {role} loss: {how}"
+    )
 
 
 def _reuse_note(out_dir: str | None) -> str:
@@ -202,8 +220,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdgen.executors import exit_status, outcomes_table
-    from kdgen.sweep import format_commands, plan_sweep, read_plan, write_plan
+    from kdgen.sweep import format_commands, plan_sweep, prepare_trackers, read_plan, write_plan
 
+    if args.jobs is not None and args.jobs < 1:
+        raise KdgenError(f"--jobs {args.jobs} must be at least 1 (trainings at once)")
     if args.resume:
         out = Path(args.resume)
         preset, runs, saved = read_plan(out)
@@ -221,6 +241,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = _executor_settings(args, saved)
     executor = _make_executor(settings, on_cpu=_runs_on_cpu(preset, runs))
     write_plan(out, preset, runs, settings)
+    prepare_trackers(preset, runs)
     outcomes = executor.execute(preset, runs)
     print()
     print(outcomes_table(outcomes))
@@ -245,9 +266,10 @@ def _executor_settings(args: argparse.Namespace, saved: dict[str, Any]) -> dict[
     """How to execute the sweep: the options given, else those saved in sweep.json."""
     names = ("executor", "jobs", "share_gpus", *SLURM_SETTINGS)
     settings = {name: saved.get(name) for name in names}
-    settings.update({name: getattr(args, name) for name in names if getattr(args, name)})
+    given = {name: getattr(args, name) for name in names}
+    settings.update({n: v for n, v in given.items() if v is not None and v is not False})
     settings["executor"] = settings["executor"] or "local"
-    settings["jobs"] = settings["jobs"] or 1
+    settings["jobs"] = 1 if settings["jobs"] is None else settings["jobs"]
     settings["share_gpus"] = bool(settings["share_gpus"])
     return {key: value for key, value in settings.items() if value is not None}
 
@@ -511,7 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(parser, list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return int(args.func(args))
     except KdgenError as error:
         if args.debug:
             raise
@@ -531,6 +555,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _prints():
             print("kdgen: interrupted; resume with: kdgen train --resume RUN_DIR", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints kdgen's own warnings as one line on stderr
+    (``kdgen: warning: ...``) and hands the others to ``show``."""
+
+    def show_warning(
+        message: Warning | str, category: type[Warning], *where: Any, **more: Any
+    ) -> None:
+        if not issubclass(category, KdgenWarning):
+            show(message, category, *where, **more)
+        elif _prints():
+            print(f"kdgen: warning: {one_line(message)}", file=sys.stderr)
+
+    return show_warning
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -20,11 +22,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kdgen.errors import ConfigError, one_line
+from kdgen.errors import ConfigError, KdgenWarning, one_line
 
 SCHEDULERS = ("multistep", "cosine", "constant")
 LR_SCALINGS = ("none", "linear")
-PRECISIONS = ("auto", "fp32", "bf16")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -41,7 +44,8 @@ class ImageFolderConfig:
     """Crop size and DataLoader workers of ``imagefolder`` data (``kdgen.data.imagefolder``)."""
 
     image_size: int = 224
-    workers: int = 4
+    # null: min(4, the cores this process may use); see kdgen.data.imagefolder.default_workers.
+    workers: int | None = None
 
 
 @dataclass
@@ -68,9 +72,12 @@ class ScheduleConfig:
     """Optimiser and learning-rate schedule of one generation."""
 
     epochs: int = 200
+    # sgd (momentum, nesterov) or adamw (betas); lr and weight_decay serve both.
+    optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 5e-4
     scheduler: str = "multistep"
     milestones: list[int] = field(default_factory=lambda: [100, 150])
@@ -79,6 +86,50 @@ class ScheduleConfig:
     # "linear": the lr is lr * data.batch_size / base_batch_size (the global batch).
     lr_scaling: str = "none"
     base_batch_size: int = 128
+    # Gradient accumulation: each global batch (data.batch_size) is cut into this many
+    # micro-batches, whose gradients add up before the one optimiser step of that batch.
+    accumulate_steps: int = 1
+
+
+@dataclass
+class EmaConfig:
+    """An exponential moving average of the weights, evaluated beside them (kdgen.ema)."""
+
+    # ema = decay * ema + (1 - decay) * weights after every optimiser step; 0: no EMA.
+    decay: float = 0.0
+    # The next generation learns from the EMA instead of the raw weights.
+    teach: bool = False
+
+
+CHOICE_METRICS = ("val_top1", "val_nll")
+
+
+@dataclass
+class AutoConfig:
+    """Choosing on validation (docs/method.md, "Choosing on validation"): the metric every
+    run's choice follows, and when ``generations=auto`` stops."""
+
+    # val_top1 (higher is better) or val_nll (lower is better).
+    metric: str = "val_top1"
+    # A later model is better only when it improves the best value by more than this.
+    min_delta: float = 0.0
+    # generations=auto stops after this many generations in a row fail to improve.
+    patience: int = 1
+    # generations=auto trains at most M_0 ... M_max_generations.
+    max_generations: int = 5
+
+
+@dataclass
+class SnapshotConfig:
+    """Snapshot distillation (docs/method.md, "Snapshot distillation"): ``cycles`` = C >= 2
+    splits one training of ``schedule.epochs`` into C cycles of a restarting cosine lr; the
+    last snapshot of each cycle teaches the next. 0: off."""
+
+    cycles: int = 0
+    # tau of the cycle students: the teacher's signal is softened (see docs/method.md).
+    temperature: float = 2.0
+    # Epochs of cycle 0 (null: all cycles equal); the others share the rest equally.
+    first_cycle_epochs: int | None = None
 
 
 @dataclass
@@ -87,13 +138,21 @@ class Config:
 
     name: str = "run"
     model: str = "resnet20"
-    # Keyword arguments of the model's factory, e.g. {dropout: 0.3} for a WRN or DenseNet.
+    # Keyword arguments of the model's factory, e.g. {dropout: 0.3} for a WRN or DenseNet;
+    # they go to every generation whose model is ``model`` (another model: its defaults).
     model_args: dict[str, Any] = field(default_factory=dict)
+    # The students' model, e.g. a smaller network taught by the patriarch (None: ``model``).
+    student_model: str | None = None
+    # One student generation's model, e.g. {1: resnet20, 2: resnet8}; it wins over
+    # ``student_model``. Generation 0, the patriarch, is always ``model``.
+    generation_models: dict[int, str] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Per-generation changes to ``schedule``, e.g. {0: {epochs: 300}}.
     generation_schedules: dict[int, Any] = field(default_factory=dict)
-    generations: int = 4
+    # G, or "auto": train generations while they improve on validation (see ``auto``).
+    generations: int | str = 4
+    auto: AutoConfig = field(default_factory=AutoConfig)
     process: str | None = None
     eta: float = 1.0
     lam: float = 0.0
@@ -104,10 +163,14 @@ class Config:
     temperature: float = 1.0
     # The students' loss, by name (kdgen.losses.STUDENT_LOSSES): kd is the paper's Eq. 2.
     student_loss: str = "kd"
+    # M_0 not trained but loaded: a kdgen run folder (or its gen0.pt), a weights file (a
+    # state_dict .pt or .safetensors of ``model``), or tv:<name> / timm:<name> pretrained.
     patriarch: str | None = None
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     seed: int = 0
     device: str = "auto"
-    # auto: bf16 autocast where the device computes bf16 natively, else fp32; or fp32, bf16.
+    # auto: bf16 autocast where the device computes bf16 natively, fp16 with loss scaling on
+    # CUDA cards with tensor cores but no bf16 (V100, T4), else fp32; or fp32, bf16, fp16.
     precision: str = "auto"
     # null (auto): the layout rule of kdgen.precision.auto_channels_last; or true, false.
     channels_last: bool | None = None
@@ -126,10 +189,23 @@ class Config:
     check_every: int = 50
     # torch.compile the training model; its compile time is the first epoch's extra seconds.
     compile: bool = False
+    ema: EmaConfig = field(default_factory=EmaConfig)
     out_dir: str | None = None
+    # Python modules imported before the model and data are built: the user's own code,
+    # which registers models and data sets (kdgen.register_model, kdgen.register_dataset).
+    imports: list[str] = field(default_factory=list)
+    # Where metrics go besides metrics.jsonl: tensorboard, mlflow, wandb (kdgen.trackers).
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # The older switch of the tensorboard logger: false leaves it out of ``loggers``.
     tensorboard: bool = True
+    # The sweep folder a run belongs to (kdgen sweep sets it): its trackers group the runs.
+    sweep_dir: str | None = None
     progress: bool = True
 
+
+MODULE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# patriarch=<prefix><name>: the library's pretrained <name>, so model must be the same.
+PRETRAINED_PREFIXES = ("tv:", "timm:")
 
 PROCESS_PATTERN = re.compile(r"^\s*D\(\s*([^,\s]+)\s*,\s*([^)\s]+)\s*\)\s*$")
 
@@ -167,11 +243,15 @@ def list_presets() -> list[str]:
 
 
 def preset_description(name: str) -> str:
-    """The first comment line of a preset's YAML."""
+    """The first sentence of a preset's leading comment (which may span several lines)."""
+    lines = []
     for line in _preset_text(name).splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    comment = " ".join(lines)
+    end = re.search(r"\.(\s|$)", comment)
+    return comment[: end.start() + 1] if end else comment
 
 
 def _preset_text(name: str) -> str:
@@ -322,6 +402,8 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
         except Exception as error:  # yaml and OmegaConf errors come in several types
             raise ConfigError(f"cannot parse override '{item}': {one_line(error)}") from None
     keys = {item.split("=", 1)[0].strip() for item in overrides}
+    _refuse_process_conflict(OmegaConf.merge(*parsed) if parsed else {}, "")
+    _refuse_process_conflict(loaded, f" in {source}")
     process = OmegaConf.select(loaded, "process", default=None, throw_on_resolution_failure=False)
     if keys & {"eta", "lam"} and "process" not in keys and isinstance(process, str):
         loaded.eta, loaded.lam = parse_process(process)
@@ -330,12 +412,36 @@ def build_config(source: str | None = None, overrides: list[str] | tuple[str, ..
     return validate(config)
 
 
+def _refuse_process_conflict(values: Any, where: str) -> None:
+    """Refuse ``process=D(a,b)`` given beside an ``eta`` or ``lam`` that says otherwise
+    (in one source, or in one set of overrides): one of them would be ignored."""
+    if not isinstance(values, (Mapping, DictConfig)) or "process" not in values:
+        return
+    process = values.get("process")
+    if not isinstance(process, str):
+        return  # None, or a wrong type that the schema refuses by name
+    given = dict(zip(("eta", "lam"), parse_process(process), strict=True))
+    for key, implied in given.items():
+        value = values.get(key)
+        try:
+            # format_process keeps 6 significant digits: a saved config.yaml agrees to those
+            differs = value is not None and not math.isclose(float(value), implied, rel_tol=1e-5)
+        except (TypeError, ValueError):
+            continue  # not a number: the schema refuses it by name
+        if differs:
+            raise ConfigError(
+                f"process={process} sets {key}={implied:g}, but {key}={value} is given too"
+                f"{where}; give process or eta and lam, not both"
+            )
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """A validated Config from a plain (possibly nested) dictionary."""
     try:
         created = OmegaConf.create(values)
     except Exception as error:
         raise ConfigError(f"invalid config: {one_line(error)}") from None
+    _refuse_process_conflict(created, "")
     config: Config = _merge_to_object(OmegaConf.structured(Config), created)
     return validate(config)
 
@@ -368,6 +474,7 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         not schedule.nesterov or schedule.momentum > 0,
         f"{where}.nesterov=true needs momentum > 0",
     )
+    _warn_unreached_milestones(schedule, where)
     _check(
         schedule.lr_scaling in LR_SCALINGS,
         f"{where}.lr_scaling='{schedule.lr_scaling}' must be one of {', '.join(LR_SCALINGS)}",
@@ -376,6 +483,33 @@ def _validate_schedule(schedule: ScheduleConfig, where: str) -> None:
         schedule.base_batch_size >= 1,
         f"{where}.base_batch_size={schedule.base_batch_size} must be >= 1",
     )
+    _check(
+        schedule.optimizer in OPTIMIZERS,
+        f"{where}.optimizer='{schedule.optimizer}' must be one of {', '.join(OPTIMIZERS)}",
+    )
+    _check(
+        len(schedule.betas) == 2 and all(0 <= beta < 1 for beta in schedule.betas),
+        f"{where}.betas={schedule.betas} must be two numbers in [0, 1)",
+    )
+    _check(
+        schedule.accumulate_steps >= 1,
+        f"{where}.accumulate_steps={schedule.accumulate_steps} must be >= 1",
+    )
+
+
+def _warn_unreached_milestones(schedule: ScheduleConfig, where: str) -> None:
+    """Warn about multistep milestones that training never reaches (epochs count from 0
+    to epochs - 1, so a milestone at or past ``epochs`` never lowers the lr)."""
+    late = [m for m in schedule.milestones if m >= schedule.epochs]
+    if schedule.scheduler == "multistep" and late:
+        warnings.warn(
+            f"{where}.milestones={schedule.milestones}: {', '.join(map(str, late))} "
+            f"{'lies' if len(late) == 1 else 'lie'} at or past {where}.epochs={schedule.epochs}, "
+            "so the lr never decays there; "
+            "lower them or raise the epochs",
+            KdgenWarning,
+            stacklevel=2,
+        )
 
 
 def effective_lr(schedule: ScheduleConfig, global_batch: int) -> float:
@@ -403,6 +537,140 @@ def schedule_for(config: Config, generation: int) -> ScheduleConfig:
     )
 
 
+def cycle_epochs(config: Config) -> list[int]:
+    """The epochs of each snapshot cycle: ``snapshot.first_cycle_epochs`` for cycle 0 when
+    set, the rest of ``schedule.epochs`` split as evenly as it goes (earlier cycles take the
+    remainder); empty when snapshot distillation is off."""
+    snapshot, epochs = config.snapshot, config.schedule.epochs
+    first = snapshot.first_cycle_epochs
+    shared = snapshot.cycles if first is None else snapshot.cycles - 1
+    if shared <= 0:
+        return [] if first is None else [first]
+    base, extra = divmod(epochs if first is None else epochs - first, shared)
+    lengths = [base + (cycle < extra) for cycle in range(shared)]
+    return lengths if first is None else [first, *lengths]
+
+
+def max_generation(config: Config) -> int:
+    """The last generation a run may train: G, or ``auto.max_generations`` under auto."""
+    if config.generations == "auto":
+        return config.auto.max_generations
+    return int(config.generations)
+
+
+def _validate_generations(config: Config) -> None:
+    """``generations``: G >= 0, or ``auto`` with the ``auto.*`` keys that it needs."""
+    if isinstance(config.generations, str) and config.generations.strip().isdigit():
+        config.generations = int(config.generations)  # a quoted number in a YAML file
+    auto = config.auto
+    _check(
+        auto.metric in CHOICE_METRICS,
+        f"auto.metric='{auto.metric}' must be one of {', '.join(CHOICE_METRICS)}",
+    )
+    _check(auto.min_delta >= 0, f"auto.min_delta={auto.min_delta} must be >= 0")
+    if config.generations != "auto":
+        _check(
+            isinstance(config.generations, int) and config.generations >= 0,
+            f"generations={config.generations!r} must be an integer >= 0, or auto",
+        )
+        stop_keys = {"auto.patience": auto.patience, "auto.max_generations": auto.max_generations}
+        _check(
+            (auto.patience, auto.max_generations)
+            == (AutoConfig.patience, AutoConfig.max_generations),
+            f"{', '.join(f'{k}={v}' for k, v in stop_keys.items())} apply to generations=auto "
+            f"only; this run has generations={config.generations}",
+        )
+        return
+    _check(auto.patience >= 1, f"auto.patience={auto.patience} must be >= 1")
+    _check(auto.max_generations >= 1, f"auto.max_generations={auto.max_generations} must be >= 1")
+    _check(
+        config.data.val_size > 0,
+        "generations=auto chooses on a validation split, and data.val_size=0 holds none out; "
+        "set data.val_size > 0",
+    )
+
+
+def _validate_snapshot(config: Config) -> None:
+    """Snapshot distillation's keys and the combinations that make no sense with it."""
+    snapshot = config.snapshot
+    if snapshot.cycles == 0:
+        _check(
+            snapshot == SnapshotConfig(),
+            "snapshot.temperature and snapshot.first_cycle_epochs need snapshot.cycles >= 2",
+        )
+        return
+    _check(
+        snapshot.cycles >= 2,
+        f"snapshot.cycles={snapshot.cycles}: one cycle has no teacher; use 0 (off) or >= 2",
+    )
+    _check(snapshot.temperature > 0, f"snapshot.temperature={snapshot.temperature} must be > 0")
+    _check(
+        config.generations == 0,
+        f"snapshot.cycles={snapshot.cycles} with generations={config.generations}: a snapshot "
+        "run's stages are its cycles; set generations=0",
+    )
+    why = {"temperature": " (cycle students use snapshot.temperature)"}
+    for key, value, unset in (
+        ("patriarch", config.patriarch, None),
+        ("generation_schedules", config.generation_schedules, {}),
+        ("student_model", config.student_model, None),
+        ("generation_models", config.generation_models, {}),
+        ("temperature", config.temperature, 1.0),
+    ):
+        _check(
+            value == unset,
+            f"{key}={value!r} does not apply to snapshot.cycles={snapshot.cycles}"
+            f"{why.get(key, '')}; drop {key}",
+        )
+    _check(
+        config.schedule.scheduler == "cosine",
+        f"snapshot.cycles restarts a cosine lr every cycle: schedule.scheduler="
+        f"'{config.schedule.scheduler}' must be cosine",
+    )
+    first = snapshot.first_cycle_epochs
+    _check(
+        first is None or 1 <= first < config.schedule.epochs,
+        f"snapshot.first_cycle_epochs={first} must lie in [1, schedule.epochs)",
+    )
+    lengths = cycle_epochs(config)
+    _check(
+        min(lengths) >= 1,
+        f"schedule.epochs={config.schedule.epochs} is too short for snapshot.cycles="
+        f"{snapshot.cycles}"
+        + ("" if first is None else f" after snapshot.first_cycle_epochs={first}")
+        + ": a cycle must be at least one epoch",
+    )
+    _check(
+        config.schedule.warmup_epochs < lengths[0],
+        f"schedule.warmup_epochs={config.schedule.warmup_epochs} must be shorter than cycle 0 "
+        f"({lengths[0]} epochs)",
+    )
+
+
+USER_OBJECT = "<user "
+
+
+def is_user_object(name: str | None) -> bool:
+    """Whether a config's ``model`` or ``data.name`` stands for a Python object a caller
+    handed :func:`kdgen.train_generations` (a model factory, a TorchData): kdgen records
+    only its description, e.g. ``<user factory: mymodule.mlp>``."""
+    return bool(name) and str(name).startswith(USER_OBJECT)
+
+
+NOT_RECORDED = {
+    "model": "a Python model factory: kdgen records its name alone, not its code",
+    "data": "Python datasets: kdgen records their types, sizes and a digest of their labels "
+    "alone, not their inputs or transforms",
+}
+
+
+def not_recorded(config: Config) -> dict[str, str]:
+    """The keys of ``config`` that stand for a caller's Python object
+    (:func:`is_user_object`), each with what kdgen does not record of it."""
+    named = {"model": config.model, "data": config.data.name}
+    return {key: NOT_RECORDED[key] for key, value in named.items() if is_user_object(value)}
+
+
 def _validate_loss_names(config: Config) -> None:
     """Names that the losses' registries decide (:mod:`kdgen.losses` is the one list)."""
     from kdgen import losses  # imported here: reading a config needs no torch
@@ -421,6 +689,65 @@ def _validate_loss_names(config: Config) -> None:
     )
 
 
+def _validate_user_keys(config: Config) -> None:
+    """``imports``, ``loggers`` and a pretrained ``patriarch``: names only, nothing imported."""
+    from kdgen.trackers import TRACKERS  # the one list of loggers
+
+    for name in config.imports:
+        _check(
+            MODULE_PATTERN.match(name) is not None,
+            f"imports: '{name}' is not a Python module name (write it as in an import line, "
+            "e.g. my_models or mypackage.models)",
+        )
+    for name in config.loggers:
+        _check(
+            name in TRACKERS,
+            f"loggers: '{name}' must be one of {', '.join(TRACKERS)}",
+        )
+    _check(
+        len(set(config.loggers)) == len(config.loggers),
+        f"loggers={config.loggers} names a logger twice",
+    )
+    pretrained = config.patriarch or ""
+    _check(
+        not pretrained.startswith(PRETRAINED_PREFIXES) or pretrained == config.model,
+        f"patriarch={pretrained} is that library's pretrained model, and model is the "
+        f"patriarch's: set model={pretrained} (now model={config.model}; the students' is "
+        "student_model)",
+    )
+    _validate_generation_models(config)
+
+
+def _validate_generation_models(config: Config) -> None:
+    """``student_model`` and ``generation_models``: names of student generations' models
+    (whether a model of that name exists is known once ``imports`` ran: see kdgen.build)."""
+    _check(config.student_model != "", "student_model must name a model (or be null)")
+    count = max_generation(config)
+    students = f"students 1..{count}" if count else "no students"
+    for generation, name in config.generation_models.items():
+        _check(
+            isinstance(generation, int) and 1 <= generation <= count,
+            f"generation_models key {generation!r} is no student generation of this run "
+            f"(generations={count}: {students}); generation 0, the patriarch, is model",
+        )
+        _check(bool(name), f"generation_models.{generation} must name a model")
+
+
+def model_of(config: Config, generation: int) -> str:
+    """The model of one generation: ``generation_models``, else ``student_model`` for a
+    student, else ``model``."""
+    if generation in config.generation_models:
+        return config.generation_models[generation]
+    if generation > 0 and config.student_model:
+        return config.student_model
+    return config.model
+
+
+def model_args_of(config: Config, generation: int) -> dict[str, Any]:
+    """``model_args`` for a generation whose model is ``model``; none for another model."""
+    return dict(config.model_args) if model_of(config, generation) == config.model else {}
+
+
 def _in_unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0  # False for NaN too
 
@@ -436,26 +763,32 @@ def validate(config: Config) -> Config:
         setattr(config, item.name, getattr(typed, item.name))
     if config.process is not None:
         config.eta, config.lam = parse_process(config.process)
-    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in [0, 1]")
+    _check(_in_unit_interval(config.eta), f"eta={config.eta} must lie in (0, 1]")
+    _check(
+        config.eta > 0,
+        "eta=0 trains the patriarch on the regulariser alone, without the labels "
+        "(eta * CE + (1 - eta) * R); use eta in (0, 1]",
+    )
     _check(_in_unit_interval(config.lam), f"lam={config.lam} must lie in [0, 1]")
     config.process = format_process(config.eta, config.lam)
     _validate_loss_names(config)
-    _check(
-        config.regularizer_form != "normalized" or config.eta > 0,
-        "regularizer_form=normalized divides by eta: eta must be > 0",
-    )
     _check(config.k >= 2, f"k={config.k} must be >= 2")
     _check(config.temperature > 0, f"temperature={config.temperature} must be > 0")
-    _check(config.generations >= 0, f"generations={config.generations} must be >= 0")
+    _validate_generations(config)
+    _validate_user_keys(config)
     _check(
         config.precision in PRECISIONS,
         f"precision='{config.precision}' must be one of {', '.join(PRECISIONS)}",
     )
     _check(
-        config.amp is not False or config.precision != "bf16",
-        "amp=false (the older name of precision=fp32) contradicts precision=bf16; "
+        config.amp is not False or config.precision in ("auto", "fp32"),
+        f"amp=false (the older name of precision=fp32) contradicts precision={config.precision}; "
         "drop amp and set precision",
     )
+    _check(
+        0 <= config.ema.decay < 1, f"ema.decay={config.ema.decay} must lie in [0, 1) (0: no EMA)"
+    )
+    _check(config.ema.decay > 0 or not config.ema.teach, "ema.teach=true needs ema.decay > 0")
     _check(config.eval_every >= 1, f"eval_every={config.eval_every} must be >= 1")
     _check(config.eval_train_max >= 0, f"eval_train_max={config.eval_train_max} must be >= 0")
     _check(config.check_every >= 1, f"check_every={config.check_every} must be >= 1")
@@ -474,7 +807,10 @@ def validate(config: Config) -> Config:
     _check(data.crop_padding >= 0, f"data.crop_padding={data.crop_padding} must be >= 0")
     folder = data.imagefolder
     _check(folder.image_size >= 1, f"data.imagefolder.image_size={folder.image_size} must be >= 1")
-    _check(folder.workers >= 0, f"data.imagefolder.workers={folder.workers} must be >= 0")
+    _check(
+        folder.workers is None or folder.workers >= 0,
+        f"data.imagefolder.workers={folder.workers} must be >= 0 (or null: min(4, cores))",
+    )
     _check(
         data.train_subset is None or data.train_subset >= 1,
         f"data.train_subset={data.train_subset} must be >= 1",
@@ -482,11 +818,19 @@ def validate(config: Config) -> Config:
     _validate_schedule(config.schedule, "schedule")
     for generation in config.generation_schedules:
         _check(
-            isinstance(generation, int) and 0 <= generation <= config.generations,
+            isinstance(generation, int) and 0 <= generation <= max_generation(config),
             f"generation_schedules key {generation!r} must be a generation in "
-            f"[0, {config.generations}]",
+            f"[0, {max_generation(config)}]",
         )
         _validate_schedule(schedule_for(config, generation), f"generation_schedules.{generation}")
+    _validate_snapshot(config)
+    for generation in range(max_generation(config) + 1):
+        steps = schedule_for(config, generation).accumulate_steps
+        _check(
+            steps <= data.batch_size,
+            f"schedule.accumulate_steps={steps} (generation {generation}) exceeds "
+            f"data.batch_size={data.batch_size}: every micro-batch needs an image",
+        )
     return config
 
 
@@ -506,6 +850,7 @@ def to_dict(config: Config) -> dict[str, Any]:
 # Keys that do not change what is trained: they may differ between a run and its resume.
 NON_SEMANTIC_KEYS = (
     "out_dir", "progress", "tensorboard", "name", "check_every", "compile", "eval_train_max",
+    "imports", "loggers", "sweep_dir",
 )  # fmt: skip
 # Keys added after runs were made: left out of the hash at their defaults, so the hashes
 # (and the resumability) of older run folders do not change.
@@ -516,8 +861,19 @@ LATER_KEY_DEFAULTS: dict[str, Any] = {
     "amp": None,
     "model_args": {},
     "student_loss": "kd",
+    "student_model": None,
+    "generation_models": {},
+    "snapshot": {"cycles": 0, "temperature": 2.0, "first_cycle_epochs": None},
+    "auto": {"metric": "val_top1", "min_delta": 0.0, "patience": 1, "max_generations": 5},
+    "ema": {"decay": 0.0, "teach": False},
 }
-LATER_SCHEDULE_KEY_DEFAULTS = {"lr_scaling": "none", "base_batch_size": 128}
+LATER_SCHEDULE_KEY_DEFAULTS: dict[str, Any] = {
+    "lr_scaling": "none",
+    "base_batch_size": 128,
+    "optimizer": "sgd",
+    "betas": [0.9, 0.999],
+    "accumulate_steps": 1,
+}
 
 
 def config_hash(config: Config, patriarch: Mapping[str, str] | None = None) -> str:
@@ -548,6 +904,8 @@ def _hashed_values(config: Config) -> dict[str, Any]:
     _drop_defaults(values, LATER_KEY_DEFAULTS)
     _drop_defaults(values["schedule"], LATER_SCHEDULE_KEY_DEFAULTS)
     values["data"].update(values["data"].pop("imagefolder"))  # hashed under their old names
+    if values["data"]["workers"] is None:  # the null default is hashed as the old default, 4
+        values["data"]["workers"] = 4
     return values
 
 
@@ -585,21 +943,28 @@ def config_diff(old: Config, new: Config) -> list[str]:
 
 
 __all__ = [
+    "AutoConfig",
     "Config",
     "DataConfig",
+    "EmaConfig",
     "ImageFolderConfig",
     "ScheduleConfig",
+    "SnapshotConfig",
     "SyntheticConfig",
     "build_config",
     "config_diff",
     "config_from_dict",
     "config_from_yaml",
     "config_hash",
+    "cycle_epochs",
     "effective_lr",
     "flatten_config",
     "format_process",
+    "is_user_object",
     "legacy_config_hash",
     "list_presets",
+    "max_generation",
+    "not_recorded",
     "parse_process",
     "process_slug",
     "schedule_for",

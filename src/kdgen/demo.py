@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kdgen.config import build_config, process_slug
 from kdgen.generations import RunResult, train_generations
-from kdgen.policy import patriarch_key
+from kdgen.policy import patriarch_key, plan_stages
 from kdgen.report import generations_table
 from kdgen.runs import unique_folder
 
@@ -29,26 +29,25 @@ def run_demo(
     results: list[RunResult] = []
     patriarchs: dict[tuple[object, ...], Path] = {}  # the first run of each patriarch
     for process in DEMO_PROCESSES:
-        config = build_config(
-            preset,
-            [
-                *overrides,
-                f"process={process}",
-                f"name={process_slug(process)}",
-                f"out_dir={root / process_slug(process)}",
-            ],
-        )
-        key = patriarch_key(config)
-        if key in patriarchs:
-            config.patriarch = str(patriarchs[key])
+        settings = [
+            *overrides,
+            f"process={process}",
+            f"name={process_slug(process)}",
+            f"out_dir={root / process_slug(process)}",
+        ]
+        key = patriarch_key(build_config(preset, settings))
+        if key is not None and key in patriarchs:
+            settings.append(f"patriarch={patriarchs[key]}")  # validated with the rest
+        config = build_config(preset, settings)
         print(
-            f"== {process}: {config.generations + 1} generations of {config.model} "
+            f"== {process}: {len(plan_stages(config))} generations of {config.model} "
             f"on {config.data.name} -> {config.out_dir}",
             flush=True,
         )
         result = train_generations(config)
         results.append(result)
-        patriarchs.setdefault(key, result.path)
+        if key is not None:
+            patriarchs.setdefault(key, result.path)
     table = generations_table(result.summary for result in results)
     (root / "demo.md").write_text(table + "\n")
     return table, results

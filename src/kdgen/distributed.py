@@ -11,8 +11,11 @@ and every helper is the identity of a single process (:data:`SINGLE`).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import sys
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -344,7 +347,8 @@ def device_for(context: Distributed, device: str) -> str:
 @contextlib.contextmanager
 def launch(device: str = "auto") -> Iterator[Distributed]:
     """The process group of a torchrun launch (NCCL on CUDA, gloo on CPU), destroyed on
-    exit and on errors; :data:`SINGLE` without torchrun (or with one process)."""
+    exit and on errors, its threads joined before the interpreter shuts down (see
+    :func:`_destroy_groups`); :data:`SINGLE` without torchrun (or with one process)."""
     global _current
     found = from_environment()
     if found is None or found[1] <= 1:
@@ -354,12 +358,57 @@ def launch(device: str = "auto") -> Iterator[Distributed]:
     cuda = _uses_cuda(device)
     if cuda:
         torch.cuda.set_device(local_rank)
+    # DDP's first construction imports torch._dynamo, which imports modules whose
+    # functions take ``group=dist.group.WORLD`` as a default argument (e.g.
+    # torch.distributed.nn.functional): imported after init_process_group, they would
+    # hold the process group for the life of the interpreter. Imported first, they hold
+    # None.
+    importlib.import_module("torch._dynamo")
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     _current = Distributed(rank, world_size, local_rank)
     if rank != 0:
         log.setLevel(logging.WARNING)
     try:
         yield _current
+    except BaseException as error:
+        _release_frames(error)
+        raise
     finally:
         _current = SINGLE
-        dist.destroy_process_group()
+        _destroy_groups()
+
+
+def _release_frames(error: BaseException | None) -> None:
+    """Drop the local variables of the finished frames that ``error`` (and the exceptions
+    it was raised from or during) carries in its traceback: they hold the DDP module, and
+    through it the process group, until the exception is forgotten, often only at exit."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
+def _destroy_groups() -> None:
+    """Destroy every process group, joining their threads now.
+
+    ``destroy_process_group`` only forgets the groups; a gloo group's worker threads
+    stop when its last reference goes. If anything still holds it, the threads run on
+    into the interpreter's shutdown, and a worker that drops the last reference to a
+    collective's tensor then has to take the GIL for its Python object. A finalizing
+    interpreter ends such a thread with ``pthread_exit``, whose unwinding through a
+    noexcept C++ destructor calls ``std::terminate``: the process aborts with
+    "terminate called without an active exception" after a run that went well. Rarely,
+    as the worker must still hold the work when the main thread reaches shutdown, so
+    most often on a loaded machine.
+    """
+    world = dist.group.WORLD
+    dist.destroy_process_group()
+    holders = sys.getrefcount(world) - 2  # minus ``world`` and getrefcount's argument
+    if holders > 0:
+        log.warning(
+            "kdgen: the process group outlived destroy_process_group (%d references); "
+            "its threads run on to interpreter exit",
+            holders,
+        )
+    del world  # the last reference: the group's destructor joins its threads here

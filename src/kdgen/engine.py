@@ -10,10 +10,13 @@ shard of the evaluation logits, so every rank sees the metrics of the whole spli
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,19 +27,15 @@ from tqdm.auto import tqdm
 from kdgen.config import ScheduleConfig
 from kdgen.data.tensors import DeviceLoader
 from kdgen.distributed import SINGLE, Distributed
+from kdgen.ema import WeightEma
 from kdgen.errors import NumericalError
+from kdgen.losses import LossFn, LossTerms, as_terms
 from kdgen.metrics import classification_metrics
-from kdgen.precision import autocast
+from kdgen.precision import autocast, grad_scaler
 from kdgen.preemption import TrainingStopped
 from kdgen.seeding import restore_rng_state, rng_state
 
 logger = logging.getLogger("kdgen")
-
-LossTerms = dict[str, torch.Tensor]
-"""A loss and its parts: ``"loss"`` (the total that is minimised) and named components
-such as ``"loss_ce"``, ``"loss_reg"``, ``"loss_kd"``; every entry is a batch mean."""
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], "LossTerms | torch.Tensor"]
-"""(student logits, targets, teacher logits) -> the loss, or the loss and its parts."""
 
 
 class Hooks:
@@ -62,9 +61,14 @@ class EvalSettings:
 @dataclass
 class GenerationResult:
     model: nn.Module
-    final: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
     # The last evaluation's (logits, labels) per split.
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # The optimiser's final state: a following schedule segment may carry it on.
+    optimizer_state: dict[str, Any] = field(default_factory=dict)
+    # The EMA of the weights (settings.ema_decay > 0), evaluated beside the model: its
+    # metrics per split are ``final["ema"]``.
+    ema_model: nn.Module | None = None
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -77,14 +81,19 @@ def freeze(model: nn.Module) -> nn.Module:
     return teacher
 
 
-def make_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.SGD:
-    """SGD with momentum, optional Nesterov, and weight decay on weights only (not BN/bias)."""
+def make_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.Optimizer:
+    """``schedule.optimizer``: SGD with momentum and optional Nesterov, or AdamW with
+    ``betas`` (its weight decay decoupled from the gradient, as AdamW's is); either way
+    weight decay applies to weights only (not BN/bias)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [
         {"params": decay, "weight_decay": schedule.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if schedule.optimizer == "adamw":
+        beta1, beta2 = schedule.betas
+        return torch.optim.AdamW(groups, lr=schedule.lr, betas=(beta1, beta2))
     return torch.optim.SGD(
         groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=schedule.nesterov
     )
@@ -101,6 +110,15 @@ def lr_factor(schedule: ScheduleConfig, step: int, steps_per_epoch: int) -> floa
         progress = (epoch - schedule.warmup_epochs) / (schedule.epochs - schedule.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return 1.0
+
+
+def carry_on(optimizer: torch.optim.Optimizer, state: dict[str, Any], lr: float) -> None:
+    """Continue an earlier segment's optimiser ``state`` (SGD's momentum buffers) with the
+    learning rate restarted at ``lr``, the peak of the new segment."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        group.pop("initial_lr", None)  # the new segment's scheduler starts from lr
 
 
 def make_scheduler(
@@ -160,11 +178,6 @@ def _teacher_logits(teacher: nn.Module | None, images: torch.Tensor) -> torch.Te
         logits = teacher(images)
     # Inference tensors cannot take part in autograd; a float32 copy outside the mode can.
     return logits.to(torch.float32, copy=True)
-
-
-def as_terms(loss: LossTerms | torch.Tensor) -> LossTerms:
-    """A loss function's result as terms: a bare tensor is ``{"loss": tensor}``."""
-    return loss if isinstance(loss, dict) else {"loss": loss}
 
 
 @dataclass
@@ -264,11 +277,24 @@ def _never() -> bool:
     return False
 
 
+MIN_LOSS_SCALE = 1.0
+"""Under fp16 loss scaling, a scale below this means the gradients overflowed fp16 on step
+after step even unscaled: nothing is being learnt, and the run stops as diverged."""
+
+
 @dataclass
 class NumericsGuard:
     """Detects divergence cheaply: device flags accumulate each step (a non-finite loss; a
     gradient norm above ``max_grad_norm``, computed only when a bound is set) and the host
-    reads them every ``check_every`` steps and before every save."""
+    reads them every ``check_every`` steps and before every save.
+
+    Under fp16 loss scaling (an enabled ``scaler``) gradients that overflow are expected:
+    the scaler skips that step and lowers its scale, so the bound is checked only on the
+    steps it takes (finite norms). A non-finite *loss* is still divergence: the loss is
+    computed in float32 from the logits, so it comes from the forward pass, which no loss
+    scale helps (and BatchNorm's running statistics may already hold it). A scale fallen
+    below :data:`MIN_LOSS_SCALE` stops the run too.
+    """
 
     max_grad_norm: float | None = None
     check_every: int = 50
@@ -276,17 +302,31 @@ class NumericsGuard:
     epoch: int = 0
     dist: Distributed = SINGLE
     flags: torch.Tensor | None = None  # [bad loss, bad gradient norm]
+    scaler: torch.amp.GradScaler | None = None
 
     def start(self, device: torch.device) -> None:
         if self.flags is None or self.flags.device != device:
             self.flags = torch.zeros(2, dtype=torch.bool, device=device)
 
-    def after_backward(self, model: nn.Module, loss: torch.Tensor) -> None:
-        """Accumulate this step's flags (no host sync)."""
+    @property
+    def scaling(self) -> bool:
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    def after_loss(self, loss: torch.Tensor) -> None:
+        """Flag a non-finite (micro-)batch loss (no host sync)."""
         assert self.flags is not None
         self.flags[0] |= ~torch.isfinite(loss.detach())
-        if self.max_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Flag a gradient norm above the bound (no host sync); the gradients must be
+        unscaled already."""
+        assert self.flags is not None
+        if self.max_grad_norm is None:
+            return
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        if self.scaling:  # a non-finite norm is a step the scaler skips
+            self.flags[1] |= torch.isfinite(norm) & (norm > self.max_grad_norm)
+        else:
             self.flags[1] |= ~(norm <= self.max_grad_norm)  # NaN norms count as bad
 
     def check(self, step: int, force: bool = False) -> None:
@@ -295,9 +335,15 @@ class NumericsGuard:
         if self.flags is None or not (force or step % self.check_every == 0):
             return
         flags = self.dist.all_reduce_sum(self.flags.to(torch.float32)).tolist()
-        if not any(flags):
+        scale = self.scaler.get_scale() if self.scaler is not None and self.scaling else None
+        if flags[0]:
+            what = "a non-finite loss"
+        elif flags[1]:
+            what = f"a gradient norm above {self.max_grad_norm}"
+        elif scale is not None and scale < MIN_LOSS_SCALE:
+            what = f"fp16 gradients overflowed step after step (loss scale {scale:g})"
+        else:
             return
-        what = "a non-finite loss" if flags[0] else f"a gradient norm above {self.max_grad_norm}"
         raise NumericalError(
             f"training diverged at generation {self.generation}, epoch {self.epoch}, "
             f"step {step}: {what} (checked every {self.check_every} steps); the last good "
@@ -309,7 +355,9 @@ class NumericsGuard:
 class EpochContext:
     """What a training epoch works with: the module to train (``model``, possibly inside
     DDP or compiled), the frozen ``teacher`` or None, the loader, loss, optimiser and
-    schedule, the forward ``precision``, the ranks, the stop predicate and the guard."""
+    schedule, the forward ``precision``, the ranks, the stop predicate and the guard; the
+    loss ``scaler`` (a pass-through but for fp16), the micro-batches of each batch
+    (``accumulate_steps``) and the EMA of the weights (or None)."""
 
     model: nn.Module
     teacher: nn.Module | None
@@ -321,6 +369,66 @@ class EpochContext:
     dist: Distributed = SINGLE
     stop_requested: Callable[[], bool] = _never
     guard: NumericsGuard = field(default_factory=NumericsGuard)
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False)
+    )
+    accumulate_steps: int = 1
+    ema: WeightEma | None = None
+
+
+def _micro_batches(
+    images: torch.Tensor, targets: torch.Tensor, steps: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, bool]]:
+    """The batch cut into ``steps`` micro-batches (fewer if it holds fewer images): each
+    with its share of the batch's images and whether it is the last."""
+    if steps == 1:
+        yield images, targets, 1.0, True
+        return
+    count = targets.shape[0]
+    parts = list(zip(images.tensor_split(steps), targets.tensor_split(steps), strict=True))
+    parts = [(i, t) for i, t in parts if t.shape[0]]
+    for index, (micro_images, micro_targets) in enumerate(parts):
+        yield micro_images, micro_targets, micro_targets.shape[0] / count, index == len(parts) - 1
+
+
+def _gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """DDP's ``no_sync`` on a micro-step whose gradients need no all-reduce yet (the last
+    micro-step all-reduces the sum); nothing outside DDP."""
+    no_sync = getattr(model, "no_sync", None)
+    return contextlib.nullcontext() if sync or no_sync is None else no_sync()
+
+
+def _accumulate(
+    context: EpochContext, images: torch.Tensor, targets: torch.Tensor, progress: EpochProgress
+) -> None:
+    """Forward and backward passes of one batch, micro-batch by micro-batch: each one's
+    mean loss weighted by its share, so the gradients add up to those of the batch's mean
+    loss (BatchNorm layers see each micro-batch's statistics, not the batch's)."""
+    device = context.loader.device
+    for micro_images, micro_targets, share, last in _micro_batches(
+        images, targets, context.accumulate_steps
+    ):
+        with _gradient_sync(context.model, last):
+            with autocast(device, context.precision):
+                logits = context.model(micro_images).float()
+                teacher_logits = _teacher_logits(context.teacher, micro_images)
+            terms = as_terms(context.loss_fn(logits, micro_targets, teacher_logits))
+            loss = terms["loss"] if share == 1.0 else terms["loss"] * share
+            context.scaler.scale(loss).backward()
+        context.guard.after_loss(terms["loss"])
+        progress.add(terms, logits, micro_targets)
+
+
+def _step_schedule(context: EpochContext) -> None:
+    """Advance the lr schedule by one batch. A step that the fp16 scaler skipped advances it
+    too (the lr is a function of the batch index), which is all that torch's warning about
+    an lr step before the first optimiser step would report."""
+    if not context.scaler.is_enabled():
+        context.scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+        context.scheduler.step()
 
 
 def _train_epoch(context: EpochContext, progress: EpochProgress) -> dict[str, float] | None:
@@ -328,9 +436,18 @@ def _train_epoch(context: EpochContext, progress: EpochProgress) -> dict[str, fl
     device: one host sync per epoch (with several ranks, after summing the totals over
     them). Returns None, with ``progress`` updated, when ``stop_requested()`` turns true
     before the epoch's last step. The forward passes run in ``precision``; the loss is
-    computed in float32 from float32 logits."""
-    model, loader, guard = context.model, context.loader, context.guard
-    model.train()
+    computed in float32 from float32 logits.
+
+    One optimiser step per batch of the loader (the global batch): with
+    ``accumulate_steps`` > 1 its gradients are summed over that many micro-batches first,
+    so the data stream, the steps and the lr per step are those of the batch."""
+    loader, guard, optimizer, scaler = (
+        context.loader,
+        context.guard,
+        context.optimizer,
+        context.scaler,
+    )
+    context.model.train()
     device = loader.device
     progress.start(device)
     guard.start(device)
@@ -338,17 +455,15 @@ def _train_epoch(context: EpochContext, progress: EpochProgress) -> dict[str, fl
     for step, (images, targets) in enumerate(loader):
         if step < progress.step:
             continue  # trained on before the interruption; drawn to advance the generator
-        with autocast(device, context.precision):
-            logits = model(images).float()
-            teacher_logits = _teacher_logits(context.teacher, images)
-        terms = as_terms(context.loss_fn(logits, targets, teacher_logits))
-        loss = terms["loss"]
-        context.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        guard.after_backward(model, loss)
-        context.optimizer.step()
-        context.scheduler.step()
-        progress.add(terms, logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        _accumulate(context, images, targets, progress)
+        scaler.unscale_(optimizer)
+        guard.after_backward(context.model)
+        scaler.step(optimizer)  # skipped by an fp16 scaler if a gradient overflowed
+        scaler.update()
+        _step_schedule(context)
+        if context.ema is not None:
+            context.ema.update()
         progress.step = step + 1
         guard.check(progress.step)
         if progress.step < steps and context.stop_requested():
@@ -385,7 +500,9 @@ class TrainSettings:
     ``stop_requested`` is a cheap predicate polled after each optimiser step (preemption).
     A gradient norm above ``max_grad_norm`` (None: no bound) or a non-finite loss stops
     training; the host reads the device's flags every ``check_every`` steps.
-    ``compile_model`` trains a ``torch.compile``d module.
+    ``compile_model`` trains a ``torch.compile``d module. ``ema_decay`` > 0 keeps an
+    exponential moving average of the weights (:class:`kdgen.ema.WeightEma`), evaluated
+    beside them.
     """
 
     progress: bool = False
@@ -395,6 +512,7 @@ class TrainSettings:
     max_grad_norm: float | None = None
     check_every: int = 50
     compile_model: bool = False
+    ema_decay: float = 0.0
 
 
 def train_generation(
@@ -411,22 +529,30 @@ def train_generation(
     hooks: Hooks | None = None,
     resume_state: dict[str, Any] | None = None,
     settings: TrainSettings | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> GenerationResult:
     """Train ``model`` for ``schedule.epochs`` epochs and evaluate it on ``eval_loaders``.
 
     Forward passes (the student's, the teacher's, evaluation) run in ``precision``: "fp32",
-    or "bf16" autocast (see :mod:`kdgen.precision`); weights, optimiser state and the loss
-    stay float32. A ``teacher`` of None runs no teacher forward: the loss gets None.
+    or "bf16" or "fp16" autocast (see :mod:`kdgen.precision`; fp16 with a loss scaler);
+    weights, optimiser state and the loss stay float32. A ``teacher`` of None runs no
+    teacher forward: the loss gets None. Each batch of ``train_loader`` is one optimiser
+    step, accumulated over ``schedule.accumulate_steps`` micro-batches.
 
     Evaluations run every ``evaluation.every`` epochs and after the last one; the result
     holds the last epoch's metrics and logits per split (nothing is selected on them).
     ``resume_state`` continues from a saved state: the end of an epoch, or a step inside
-    one (its ``"step"`` and ``"partial"`` sums). ``settings`` say how to run (see
-    :class:`TrainSettings`). With several ranks in ``settings.dist`` the loaders must be
-    sharded (``shard=dist.shard``); ``model`` is trained inside DDP (its BatchNorm layers
-    made global-batch, in place, if ``sync_batchnorm``) and rank 0's buffers are copied to
-    all ranks after each epoch, so every rank ends with the same weights. Saved states
-    hold ``model``'s own state_dict (no ``module.``).
+    one (its ``"step"`` and ``"partial"`` sums). ``optimizer_state`` (a cycle of snapshot
+    distillation) starts the optimiser from an earlier segment's final state, its learning
+    rate restarted. ``settings`` say how to run (see :class:`TrainSettings`). With several
+    ranks in ``settings.dist`` the loaders must be sharded (``shard=dist.shard``);
+    ``model`` is trained inside DDP (its BatchNorm layers made global-batch, in place, if
+    ``sync_batchnorm``) and rank 0's buffers are copied to all ranks after each epoch, so
+    every rank ends with the same weights. Saved states hold ``model``'s own state_dict
+    (no ``module.``), the loss scaler's state and the EMA's weights. With
+    ``settings.ema_decay`` > 0 every evaluation also evaluates the EMA (logged as the splits
+    ``val_ema`` and ``test_ema``; its last metrics are ``result.final["ema"]``, the averaged
+    model ``result.ema_model``).
 
     When ``settings.stop_requested()`` turns true the engine saves a resumable state
     through ``hooks`` and raises :class:`~kdgen.preemption.TrainingStopped`. A non-finite
@@ -441,12 +567,17 @@ def train_generation(
     settings = settings or TrainSettings()
     dist, stop = settings.dist, settings.stop_requested
     optimizer = make_optimizer(model, schedule)
+    if optimizer_state is not None:
+        carry_on(optimizer, optimizer_state, schedule.lr)
     scheduler = make_scheduler(optimizer, schedule, len(train_loader))
+    scaler = grad_scaler(train_loader.device, precision)
+    ema = WeightEma(model, settings.ema_decay) if settings.ema_decay > 0 else None
     start_epoch, train_metrics, partial = 0, {}, EpochProgress()
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        _restore_step_state(resume_state, scaler, ema)
         restore_rng_state(resume_state)
         start_epoch, train_metrics = resume_state["epoch"], resume_state["train_metrics"]
         partial = EpochProgress.from_state(resume_state.get("partial"), dist)
@@ -468,6 +599,7 @@ def train_generation(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                **_step_state(scaler, ema),
                 **rng_state(),
                 **extra,
             }
@@ -481,9 +613,19 @@ def train_generation(
         dynamic_ncols=True,
     )
     result = GenerationResult(model=model)
-    guard = NumericsGuard(settings.max_grad_norm, settings.check_every, generation, dist=dist)
+    guard = NumericsGuard(
+        settings.max_grad_norm, settings.check_every, generation, dist=dist, scaler=scaler
+    )
     context = EpochContext(
         net, teacher, train_loader, loss_fn, optimizer, scheduler, precision, dist, stop, guard
+    )
+    context.scaler, context.accumulate_steps, context.ema = scaler, schedule.accumulate_steps, ema
+    evaluate_all = functools.partial(
+        _evaluate_all,
+        eval_loaders=eval_loaders,
+        evaluation=evaluation,
+        precision=precision,
+        dist=dist,
     )
     while epoch < schedule.epochs:
         train_loader.set_epoch(epoch)
@@ -501,10 +643,10 @@ def train_generation(
         log("train", {"lr": optimizer.param_groups[0]["lr"], "seconds": seconds, **train_metrics})
         postfix = {"loss": f"{train_metrics['loss']:.3f}", "acc": f"{train_metrics['top1']:.3f}"}
         if epoch % evaluation.every == 0 or epoch == schedule.epochs:
-            result.final, result.outputs = _evaluate_all(
-                model, eval_loaders, evaluation, precision, log, dist
-            )
+            result.final, result.outputs = evaluate_all(model, log=log)
             postfix.update({f"{s}_acc": f"{m['top1']:.3f}" for s, m in result.final.items()})
+            if ema is not None:
+                result.final["ema"] = _evaluate_ema(ema, evaluate_all, log)
         bar.update(1)
         bar.set_postfix(postfix)
         if not settings.progress and dist.is_main():  # no bar: one line an epoch (a log)
@@ -519,8 +661,44 @@ def train_generation(
     bar.close()
     if start_epoch == schedule.epochs:  # resumed after the last epoch's save: evaluate again
         model.eval()
-        result.final, result.outputs = _evaluate_all(
-            model, eval_loaders, evaluation, precision, lambda split, metrics: None, dist
-        )
+        result.final, result.outputs = evaluate_all(model, log=_no_log)
+        if ema is not None:
+            result.final["ema"] = _evaluate_ema(ema, evaluate_all, _no_log)
     result.final["train"] = train_metrics
+    result.optimizer_state = optimizer.state_dict()
+    result.ema_model = None if ema is None else ema.module
     return result
+
+
+def _no_log(split: str, metrics: dict[str, Any]) -> None:
+    """Log nothing (a re-evaluation of what is logged already)."""
+
+
+def _evaluate_ema(
+    ema: WeightEma,
+    evaluate_all: Callable[..., tuple[dict[str, Any], dict[str, torch.Tensor]]],
+    log: Callable[[str, dict[str, Any]], None],
+) -> dict[str, Any]:
+    """The EMA's metrics per split, logged as ``<split>_ema``."""
+    metrics, _ = evaluate_all(ema.module, log=lambda split, values: log(f"{split}_ema", values))
+    return metrics
+
+
+def _step_state(scaler: torch.amp.GradScaler, ema: WeightEma | None) -> dict[str, Any]:
+    """What a resumable state holds besides the model, optimiser and scheduler: the fp16
+    loss scaler's state and the EMA's weights (when they are in use)."""
+    state: dict[str, Any] = {}
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def _restore_step_state(
+    state: dict[str, Any], scaler: torch.amp.GradScaler, ema: WeightEma | None
+) -> None:
+    if scaler.is_enabled() and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])

@@ -32,3 +32,15 @@ class RunDirError(KdgenError):
 def one_line(message: object) -> str:
     """A message, or an exception's, folded onto one line (some library errors span several)."""
     return " ".join(str(message).split())
+
+
+class KdgenWarning(UserWarning):
+    """A setting that kdgen accepts but that likely does not do what was meant (e.g. lr
+    milestones past the last epoch); the CLI prints each as one line."""
+
+
+def describe(error: BaseException) -> str:
+    """A library's or a user's error in one line: its type and its message's first line
+    (the rest of a long message, e.g. torch's advice, stays out of kdgen's one line)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

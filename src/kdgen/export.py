@@ -33,6 +33,7 @@ def _metadata(payload: dict[str, Any], classes: list[str] | None) -> dict[str, s
         "num_classes": str(payload["num_classes"]),
         "in_channels": str(payload["in_channels"]),
         "generation": str(payload["generation"]),
+        "stage": str(payload.get("stage", "generation")),
         "config_hash": str(payload.get("config_hash")),
         "classes": json.dumps(classes),
     }

@@ -33,8 +33,11 @@ __all__ = [
     "FORMS",
     "REGULARIZERS",
     "STUDENT_LOSSES",
+    "LossFn",
+    "LossTerms",
     "Regularizer",
     "StudentLoss",
+    "as_terms",
     "check_targets",
     "confidence_penalty_reg",
     "label_smoothing_reg",
@@ -48,6 +51,18 @@ __all__ = [
 ]
 
 FORMS = ("convex", "normalized")
+
+LossTerms = dict[str, Tensor]
+"""A loss and its parts: ``"loss"`` (the total that is minimised) and named components
+such as ``"loss_ce"``, ``"loss_reg"``, ``"loss_kd"``; every entry is a batch mean."""
+LossFn = Callable[[Tensor, Tensor, "Tensor | None"], "LossTerms | Tensor"]
+"""(student logits, targets, teacher logits) -> the loss, or the loss and its parts."""
+
+
+def as_terms(loss: LossTerms | Tensor) -> LossTerms:
+    """A loss function's result as terms: a bare tensor is ``{"loss": tensor}``."""
+    return loss if isinstance(loss, dict) else {"loss": loss}
+
 
 # ----------------------------------------------------------------------------- validation
 

@@ -12,6 +12,7 @@ the ground truth.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -132,12 +133,16 @@ def ensemble_summaries(
     coarse_of_fine: torch.Tensor | None = None,
     k: int = 5,
     distance: torch.Tensor | None = None,
+    models: Mapping[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics of the softmax-averaging ensembles of :func:`ensemble_members`, per split,
-    from each generation's saved ``{split: (logits, labels)}`` (no model reruns)."""
+    from each generation's saved ``{split: (logits, labels)}`` (no model reruns); with
+    ``models`` (generation -> model), each entry names its members' models."""
     entries = []
     for name, members in ensemble_members(max(saved)).items():
         entry: dict[str, Any] = {"name": name, "members": members}
+        if models is not None:
+            entry["models"] = [models[g] for g in members]
         for split, (_, labels) in saved[members[0]].items():
             logits = [saved[g][split][0] for g in members]
             entry[split] = ensemble_metrics(logits, labels, coarse_of_fine, k, distance)

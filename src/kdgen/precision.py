@@ -1,9 +1,17 @@
 """Numeric precision and memory layout: what a run computes in, chosen once and recorded.
 
 ``precision=auto`` trains under bf16 autocast where the device computes bf16 natively
-(CUDA cards with bf16 support; CPUs with AVX512-BF16 or AMX-BF16) and in float32
-elsewhere. Weights, optimiser state and the loss stay float32 in both: autocast only
-lowers the precision of the convolutions and matmuls inside the forward and backward.
+(CUDA cards with bf16 support; CPUs with AVX512-BF16 or AMX-BF16), under fp16 autocast
+with loss scaling on CUDA cards that have fp16 tensor cores but no bf16 (compute
+capability 7.x: V100, T4), and in float32 elsewhere. Weights, optimiser state and the
+loss stay float32 in all of them: autocast only lowers the precision of the convolutions
+and matmuls inside the forward and backward.
+
+fp16 has bf16's 16 bits but 5 exponent bits instead of 8: gradients below 6e-8 flush to
+zero and above 65504 overflow. :func:`grad_scaler` gives the remedy, a
+``torch.amp.GradScaler``: the loss is multiplied by a scale before the backward pass, the
+gradients divided by it before the step, and a step whose gradients overflowed is
+skipped (the scale halves; it doubles after 2000 good steps).
 
 ``channels_last=null`` (auto) picks the memory layout by :func:`auto_channels_last`, a
 fixed rule per device, not a timing taken at run start: a timing can come out either
@@ -30,11 +38,26 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+FP16_TENSOR_CORES = (7, 0)
+"""The first CUDA compute capability with fp16 tensor cores (Volta)."""
+
+
+def fast_fp16(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA card with fp16 tensor cores (compute capability >= 7.0);
+    on older cards fp16 is no faster than float32, on CPUs it is emulated."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= FP16_TENSOR_CORES
+
+
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """``"fp32"`` or ``"bf16"``: the configured precision, ``auto`` resolved for ``device``."""
+    """``"fp32"``, ``"bf16"`` or ``"fp16"``: the configured precision, ``auto`` resolved
+    for ``device`` (bf16 where native, else fp16 on CUDA tensor cores, else fp32)."""
     if setting != "auto":
         return setting
-    return "bf16" if native_bf16(device) else "fp32"
+    if native_bf16(device):
+        return "bf16"
+    return "fp16" if fast_fp16(device) else "fp32"
 
 
 def auto_channels_last(device: torch.device) -> bool:
@@ -59,7 +82,8 @@ def resolve_channels_last(setting: bool | None, device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class Numerics:
-    """What a run computes in: ``precision`` ("fp32" or "bf16") and the memory layout."""
+    """What a run computes in: ``precision`` ("fp32", "bf16" or "fp16") and the memory
+    layout."""
 
     precision: str = "fp32"
     channels_last: bool = False
@@ -75,7 +99,7 @@ class Numerics:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Numerics | None:
         """The numerics a run folder recorded, or None if it recorded none."""
-        if record.get("precision") not in ("fp32", "bf16") or "layout" not in record:
+        if record.get("precision") not in ("fp32", "bf16", "fp16") or "layout" not in record:
             return None
         return cls(record["precision"], record["layout"] == "channels_last")
 
@@ -88,8 +112,18 @@ def choose_numerics(precision: str, channels_last: bool | None, device: torch.de
     )
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on ``device`` when ``precision`` is ``"bf16"``; a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 or fp16 autocast on ``device`` as ``precision`` says; a no-op for fp32."""
+    if precision in AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """The loss scaler of a training step: active for fp16, a pass-through (``scale``
+    returns the loss, ``step`` is the optimiser's step) for fp32 and bf16, whose exponent
+    range is float32's."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -1,7 +1,8 @@
 """How a run's numbers were made, recorded beside its config in ``run.json`` and
 ``summary.json``: the torch and kdgen versions, the device and its thread count, the
-seeding scheme, the students' loss, and the patriarch it loaded (the ``patriarch=`` path
-as given, its run's config hash, its gen0 checkpoint's sha256, its seeding scheme).
+seeding scheme, the students' loss, and the patriarch it loaded (the ``patriarch=`` source
+as given, its kind, its run's config hash, the sha256 of the file read, its seeding scheme;
+a patriarch trained elsewhere has no config hash or seeding scheme: null).
 
 A run's config hash is decided here too (:func:`run_digest`): a loaded patriarch enters it
 by what it is, not by where it lies. A resume must draw the streams its first epochs drew,
@@ -12,7 +13,6 @@ record (no scheme) resumes with a warning, as does one trained with another thre
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from kdgen.config import Config, config_hash, legacy_config_hash
-from kdgen.errors import RunDirError
-from kdgen.runs import RunFolder, load_checkpoint
+from kdgen.config import PRETRAINED_PREFIXES, Config, config_hash, legacy_config_hash
+from kdgen.errors import CheckpointError, RunDirError
+from kdgen.models import pretrained_weights
+from kdgen.runs import RunFolder, file_sha256, load_checkpoint
 from kdgen.seeding import SEEDING_SCHEME
 
 log = logging.getLogger("kdgen")
@@ -32,13 +33,13 @@ log = logging.getLogger("kdgen")
 
 @dataclass(frozen=True)
 class PatriarchSource:
-    """A patriarch loaded from another run (``patriarch=PATH``): where it was found, and
-    what it is."""
+    """A loaded patriarch (``patriarch=``): where it was found, and what it is."""
 
-    source: str  # the patriarch= path, as given
-    config_hash: str  # its run's, as its gen0 checkpoint records it
-    sha256: str  # of its gen0 checkpoint file
+    source: str  # the patriarch= source, as given
+    config_hash: str | None  # its run's, as its gen0 checkpoint records it; None: no run
+    sha256: str  # of the file read: its gen0 checkpoint, or the weights file
     seeding: int | None  # the seeding scheme its run recorded; None: none (older kdgen)
+    kind: str | None = None  # run, weights, torchvision or timm (None: recorded before)
 
     def identity(self) -> dict[str, str]:
         """What enters the config hash of a run that loads it."""
@@ -68,17 +69,38 @@ def patriarch_paths(config: Config) -> tuple[Path, Path]:
     return path.parent.parent, path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def patriarch_file(config: Config) -> tuple[str, Path]:
+    """What ``patriarch=`` names and the file it is read from: ("run", a kdgen run's gen0
+    checkpoint), ("weights", a state_dict ``.pt`` or ``.safetensors`` file), or
+    ("torchvision" / "timm", the library's pretrained weights in its cache on this machine)."""
+    source = config.patriarch or ""
+    if source.startswith(PRETRAINED_PREFIXES):
+        weights = pretrained_weights(config.model)
+        if weights.file is None:
+            raise CheckpointError(
+                f"patriarch={source}: its pretrained weights are not on this machine, and kdgen "
+                f"downloads nothing; it looks for {weights.expected}"
+            )
+        return weights.kind, weights.file
+    path = Path(source)
+    in_run = path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+    if path.is_dir() or (path.is_file() and in_run):
+        return "run", patriarch_paths(config)[1]
+    if not path.is_file():
+        raise CheckpointError(
+            f"patriarch={source} does not exist; it takes a kdgen run folder, a weights file "
+            "(.pt state_dict or .safetensors), tv:<name> or timm:<name>"
+        )
+    return "weights", path
 
 
 def read_patriarch(config: Config) -> PatriarchSource:
-    """What ``patriarch=PATH`` is: its run's config hash (from its verified gen0
-    checkpoint), the sha256 of that file and the seeding scheme its run recorded."""
+    """What ``patriarch=`` is: for a kdgen run, its config hash (from its verified gen0
+    checkpoint), the sha256 of that file and the seeding scheme its run recorded; for
+    weights trained elsewhere, the sha256 of the file read."""
+    kind, file = patriarch_file(config)
+    if kind != "run":
+        return PatriarchSource(str(config.patriarch), None, file_sha256(file), None, kind)
     run_dir, checkpoint = patriarch_paths(config)
     payload = load_checkpoint(checkpoint)
     return PatriarchSource(
@@ -86,6 +108,7 @@ def read_patriarch(config: Config) -> PatriarchSource:
         config_hash=str(payload.get("config_hash")),
         sha256=file_sha256(checkpoint),
         seeding=RunFolder(run_dir).read_state().get("seeding"),
+        kind=kind,
     )
 
 

@@ -12,6 +12,7 @@ Layout (timm-style, one folder per run)::
       checkpoints/last.pt  latest resumable state of the generation in progress
       logits/gen{g}.pt     generation g's validation and test logits (float32) and labels
       tb/                  TensorBoard scalars, when tensorboard is installed
+      mlflow.db, wandb/    the MLflow store and W&B files, when ``loggers`` selects them
       train.log            the run's output, when a sweep executor started it
       resources.json       what that executor gave it: threads, GPU, pid or Slurm job
 """
@@ -30,6 +31,7 @@ import shutil
 import socket
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,11 +41,15 @@ from kdgen.config import (
     Config,
     config_diff,
     config_from_yaml,
-    effective_lr,
-    schedule_for,
+    cycle_epochs,
+    flatten_config,
+    not_recorded,
+    to_dict,
+    to_yaml,
 )
 from kdgen.errors import CheckpointError, ConfigError, RunDirError
 from kdgen.files import check_folder_path, create_beside, make_folder
+from kdgen.trackers import FINAL_STATES, Tracker, open_trackers, selected_loggers
 
 if TYPE_CHECKING:
     from kdgen.data import DataSource
@@ -101,6 +107,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (weights files may be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -206,7 +221,8 @@ class RunFolder:
         self.state_path = self.path / "run.json"
         self.log_path = self.path / "train.log"
         self.resources_path = self.path / "resources.json"
-        self._tensorboard: Any = None
+        self._trackers: dict[str, Tracker] = {}
+        self._status: str | None = None
         self._lock = RunLock(self.path)
 
     def logits_path(self, generation: int) -> Path:
@@ -246,8 +262,10 @@ class RunFolder:
         if self.writable:
             atomic_write_json(path, value)
 
-    def generation_checkpoint(self, generation: int) -> Path:
-        return self.checkpoints / f"gen{generation}.pt"
+    def generation_checkpoint(self, generation: int, ema: bool = False) -> Path:
+        """The final model of a generation, ``gen{g}.pt``; with ``ema`` the final EMA of
+        its weights, ``gen{g}-ema.pt`` (config ``ema.decay`` > 0)."""
+        return self.checkpoints / f"gen{generation}{'-ema' if ema else ''}.pt"
 
     @property
     def last_checkpoint(self) -> Path:
@@ -362,6 +380,7 @@ class RunFolder:
     def write_state(self, status: str, **fields: Any) -> None:
         if not self.writable:
             return
+        self._status = status
         state = {**self.read_state(), "status": status, "updated": time.time(), **fields}
         if status in ("running", "finished") and "reason" not in fields:
             state.pop("reason", None)  # the reason of an earlier stop no longer holds
@@ -399,9 +418,94 @@ class RunFolder:
         except (OSError, json.JSONDecodeError) as error:
             raise RunDirError(f"{path} is unreadable ({type(error).__name__})") from None
 
+    # --- a run's life: begin, one save per stage, finish -------------------------------
+    def begin(
+        self,
+        config: Config,
+        dataset: DataSource,
+        evaluation: EvalSettings,
+        numerics: Numerics,
+        resume: bool,
+        digest: str,
+        record: dict[str, Any],
+        **state: Any,
+    ) -> dict[str, Any]:
+        """Start (or resume) the run: write its config, its classes and ``run.json``
+        ("running", with its provenance ``record`` and ``state``: world size, lr, ...);
+        return its summary so far, a fresh header unless a resume finds one of the same
+        config (``digest``, :func:`kdgen.provenance.run_digest`)."""
+        summary = self.read_summary() if resume else None
+        if not summary or summary.get("config_hash") != digest:
+            summary = summary_header(config, dataset, digest, numerics, record)
+        summary["threads"] = record["threads"]
+        if not resume:
+            self.write_text(self.config_path, to_yaml(config))
+        if not resume or not (self.path / "classes.json").exists():  # a kill may fall between
+            self.write_json(self.path / "classes.json", classes_record(evaluation, dataset))
+        if resume:
+            self.remove_stale_temp_files()
+        self.write_state("running", started=time.time(), **state, **numerics.record(), **record)
+        self.open_trackers(config)
+        return summary
+
+    def resume_stage(
+        self, index: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any] | None:
+        """The saved state to continue stage ``index`` from (None: start it afresh). The
+        records logged after that state are dropped: the resume logs them again."""
+        state = self.resume_state(index, digest, config)
+        self.truncate_metrics(index, state["epoch"] if state else 0)
+        return state
+
+    def stage_end_state(
+        self, index: int, epochs: int, digest: str, config: Config | None = None
+    ) -> dict[str, Any]:
+        """The saved state at the end of finished stage ``index`` (after its ``epochs``),
+        which the next snapshot cycle carries on: the run's last state, until that cycle
+        saves one of its own."""
+        if not self.last_checkpoint.exists():
+            raise CheckpointError(
+                f"{self.last_checkpoint} is missing: cycle {index + 1} cannot carry on the "
+                f"optimiser state of cycle {index}; start the run again with --force-new"
+            )
+        state = load_checkpoint(self.last_checkpoint)
+        check_resume_state(state, self.last_checkpoint, digest, config)
+        where = (state["generation"], state["epoch"], state.get("step", 0))
+        if where != (index, epochs, 0):
+            raise CheckpointError(
+                f"{self.last_checkpoint} holds generation {where[0]}, epoch {where[1]}, step "
+                f"{where[2]}, not the end of cycle {index} that cycle {index + 1} carries on; "
+                "start the run again with --force-new"
+            )
+        return state
+
+    def save_stage(
+        self,
+        summary: dict[str, Any],
+        entry: dict[str, Any],
+        checkpoint: dict[str, Any],
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        """Save a finished stage: its logits, its final model (``checkpoints/gen{i}.pt``),
+        its ``entry`` in ``summary`` (written to summary.json) and metrics.csv."""
+        index = entry["generation"]
+        self.save_logits(index, outputs)
+        self.save(self.generation_checkpoint(index), checkpoint)
+        summary["generations"] = [e for e in summary["generations"] if e["generation"] != index]
+        summary["generations"].append(entry)
+        self.write_summary(summary)
+        self.write_metrics_csv()
+
+    def finish(self, summary: dict[str, Any], last: int) -> None:
+        """Write the final summary and metrics.csv, and mark the run finished at stage
+        ``last``."""
+        self.write_summary(summary)
+        self.write_metrics_csv()
+        self.write_state("finished", generation=last)
+
     # --- metrics ------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """Append one evaluation record to metrics.jsonl and TensorBoard."""
+        """Append one evaluation record to metrics.jsonl, and give it to the trackers."""
         if not self.writable:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -409,7 +513,8 @@ class RunFolder:
             file.write(json.dumps(record) + "\n")
             file.flush()
             os.fsync(file.fileno())
-        self._log_tensorboard(record)
+        for tracker in self._trackers.values():
+            tracker.log_metrics(record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -444,40 +549,40 @@ class RunFolder:
         writer.writerows(records)
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
 
-    def enable_tensorboard(self) -> bool:
+    def open_trackers(self, config: Config) -> None:
+        """Open the experiment trackers that ``config`` selects (:mod:`kdgen.trackers`),
+        give them the resolved config, and record them in run.json; a resumed run continues
+        the tracked runs recorded there."""
         if not self.writable:
-            return False
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return False
-        self._tensorboard = SummaryWriter(log_dir=str(self.path / "tb"))
-        return True
-
-    def _log_tensorboard(self, record: dict[str, Any]) -> None:
-        if self._tensorboard is None:
             return
-        prefix = f"gen{record['generation']}/{record['split']}"
-        for key, value in record.items():
-            if key not in ("generation", "epoch", "split") and isinstance(value, (int, float)):
-                self._tensorboard.add_scalar(f"{prefix}/{key}", value, record["epoch"])
+        sweep = Path(config.sweep_dir) if config.sweep_dir else None
+        name = self.path.name
+        if sweep is not None and self.path.resolve().is_relative_to(sweep.resolve()):
+            name = str(self.path.resolve().relative_to(sweep.resolve()))
+        previous = self.read_state().get("trackers", {})
+        self._trackers = open_trackers(selected_loggers(config), self.path, name, sweep, previous)
+        params = flatten_config(to_dict(config))
+        for tracker in self._trackers.values():
+            tracker.log_params(params)
+        records = {logger: tracker.record for logger, tracker in self._trackers.items()}
+        atomic_write_json(self.state_path, {**self.read_state(), "trackers": records})
 
     def close(self) -> None:
-        """Flush TensorBoard and release the writer lock."""
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
+        """Close the trackers with the run's state (failed or interrupted where run.json
+        says so by now, else finished) and release the writer lock."""
+        status = self._status if self._status in FINAL_STATES else "finished"
+        trackers, self._trackers = self._trackers, {}
+        for tracker in trackers.values():
+            tracker.close(status)
         self._lock.release()
 
 
 def choose_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolder:
-    """The run folder ``config`` would train into, or a RunDirError saying why it may
-    not; creates nothing. Sets ``config.out_dir`` (by default ``runs/<time>-<name>``; with
-    ``force_new``, a free folder beside one that holds results)."""
-    if config.out_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        config.out_dir = str(Path("runs") / f"{stamp}-{config.name}")
-    path = Path(config.out_dir)
+    """The run folder ``config`` would train into (``out_dir``, or ``runs/<time>-<name>``
+    when unset; with ``force_new``, a free folder beside one that holds results), or a
+    RunDirError saying why it may not. Creates nothing, and ``config`` is not changed: the
+    caller records the folder's path as the run's ``out_dir``."""
+    path = Path(config.out_dir or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.name}")
     check_folder_path(path)
     folder = RunFolder(path)
     if resume:
@@ -496,8 +601,16 @@ def choose_run_folder(config: Config, resume: bool, force_new: bool) -> RunFolde
                 "or pass --force-new to write into a new folder"
             )
         folder = RunFolder(unique_folder(path))
-        config.out_dir = str(folder.path)
     return folder
+
+
+def snapshot_record(config: Config) -> dict[str, Any]:
+    """A snapshot run's cycles, the cycle students' temperature and each cycle's epochs."""
+    return {
+        "cycles": config.snapshot.cycles,
+        "temperature": config.snapshot.temperature,
+        "cycle_epochs": cycle_epochs(config),
+    }
 
 
 def summary_header(
@@ -507,8 +620,11 @@ def summary_header(
     numerics: Numerics | None = None,
     record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json`` before any generation: the method's settings and the run's, and its
-    provenance ``record`` (kdgen.provenance: versions, device, threads, seeding, patriarch)."""
+    """``summary.json`` before any generation: the method's settings and the run's, its
+    provenance ``record`` (kdgen.provenance: versions, device, threads, seeding, patriarch),
+    and ``not_recorded`` naming the caller's Python objects that stand in for the model or
+    the data (:func:`kdgen.config.not_recorded`), when there are any."""
+    unrecorded = not_recorded(config)
     return {
         "name": config.name,
         "process": config.process,
@@ -521,8 +637,11 @@ def summary_header(
         "temperature": config.temperature,
         "model": config.model,
         "data": config.data.name,
+        **({"not_recorded": unrecorded} if unrecorded else {}),
         "num_classes": dataset.num_classes,
         "seed": config.seed,
+        **({"snapshot": snapshot_record(config)} if config.snapshot.cycles else {}),
+        **({"auto": asdict(config.auto)} if config.generations == "auto" else {}),
         **(numerics.record() if numerics else {}),
         **(record or {}),
         "config_hash": digest,
@@ -530,17 +649,33 @@ def summary_header(
     }
 
 
-def generation_entry(generation: int, final: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """A finished generation's entry in ``summary.json``: its final metrics per split."""
-    return {
+def generation_entry(
+    generation: int,
+    final: dict[str, Any],
+    epochs: int,
+    stage: str = "generation",
+    teacher: int | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """A finished stage's entry in ``summary.json``: its index (``generation``, also for
+    a snapshot cycle), its kind (``"generation"`` or ``"cycle"``), its model, the stage that
+    taught it (None: none), its epochs and its final metrics per split, and those of the EMA
+    of its weights on the same splits (``"ema": {"val": ..., "test": ..., "train_eval": ...}``)
+    when it has one."""
+    entry = {
         "generation": generation,
-        "teacher": None if generation == 0 else generation - 1,
+        "stage": stage,
+        "model": model,
+        "teacher": teacher,
         "epochs": epochs,
         "train": final.get("train"),
         "train_eval": final.get("train_eval"),
         "val": final.get("val"),
         "test": final.get("test"),
     }
+    if final.get("ema") is not None:
+        entry["ema"] = final["ema"]
+    return entry
 
 
 def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, Any]:
@@ -549,14 +684,6 @@ def classes_record(evaluation: EvalSettings, source: DataSource) -> dict[str, An
     return {
         "class_names": source.class_names,
         "coarse_of_fine": None if coarse is None else coarse.tolist(),
-    }
-
-
-def lr_record(config: Config) -> dict[str, float]:
-    """The effective peak learning rate of each generation (``schedule.lr_scaling``)."""
-    return {
-        str(g): effective_lr(schedule_for(config, g), config.data.batch_size)
-        for g in range(config.generations + 1)
     }
 
 

@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kdgen.config import build_config, parse_process, process_slug
+from kdgen.config import build_config, config_hash, parse_process, process_slug
 from kdgen.errors import ERROR_PREFIX, ConfigError, RunDirError
 from kdgen.losses import REGULARIZERS
+from kdgen.plugins import import_modules
 from kdgen.policy import patriarch_key
 from kdgen.runs import RunFolder, atomic_write_json
+from kdgen.trackers import groups_runs, prepare_sweep, require, selected_loggers
 
 SPEC_PATTERN = re.compile(r"^(?P<process>D\([^)]*\))(?::(?P<regularizer>\w+))?$")
 
@@ -69,12 +71,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def plan_sweep(
     preset: str, specs: list[str], seeds: list[int], out: Path, overrides: tuple[str, ...] = ()
 ) -> list[SweepRun]:
-    """The runs of a sweep, in an order where every shared patriarch is trained first."""
+    """The runs of a sweep, in an order where every shared patriarch is trained first.
+
+    The modules of the config's ``imports`` are imported here first, and the packages of
+    its ``loggers`` looked for, so that a sweep that cannot run stops before anything is
+    written. Where ``loggers`` names a tracker that groups runs, every run gets
+    ``sweep_dir=<out>``. A patriarch that the config gives (``patriarch=``) is loaded by
+    every run itself.
+    """
     if not specs or not seeds:
         raise ConfigError("a sweep needs at least one process and one seed")
+    base = build_config(preset, list(overrides))
+    import_modules(base.imports)
+    require(selected_loggers(base))
+    if groups_runs(selected_loggers(base)):
+        overrides = (*overrides, f"sweep_dir={out}")
     runs = []
     for seed in seeds:
         owners: dict[tuple[object, ...], str] = {}
+        specs_of: dict[str, str] = {}  # config hash -> the spec that gave it
         for spec in specs:
             process, regularizer = parse_spec(spec)
             label = process if regularizer is None else f"{process}:{regularizer}"
@@ -83,8 +98,14 @@ def plan_sweep(
                 extra.append(f"regularizer={regularizer}")
             path = str(out / process_slug(label) / f"seed{seed}")
             config = build_config(preset, [*overrides, *extra])  # validates every run up front
+            twin = specs_of.setdefault(config_hash(config), spec)
+            if twin != spec:
+                raise ConfigError(
+                    f"--processes lists one run twice: '{twin}' and '{spec}' are the same "
+                    f"process ({config.process}); list it once"
+                )
             key = patriarch_key(config)
-            owner = owners.setdefault(key, path)
+            owner = path if key is None or config.patriarch else owners.setdefault(key, path)
             shared = owner if owner != path else None
             if shared is not None:
                 extra.append(f"patriarch={shared}")
@@ -169,6 +190,14 @@ def last_test_top1(path: str | Path) -> float | None:
     return generations[-1]["test"].get("top1")
 
 
+def prepare_trackers(preset: str, runs: list[SweepRun]) -> None:
+    """Ready what the runs share in their trackers (MLflow's store and experiment) before
+    any starts, so that runs started together do not race to make it."""
+    config = build_config(preset, list(runs[0].overrides)) if runs else None
+    if config is not None and config.sweep_dir is not None:
+        prepare_sweep(selected_loggers(config), Path(config.sweep_dir))
+
+
 def format_commands(preset: str, runs: list[SweepRun]) -> str:
     """One ``kdgen train`` command per line; a run that shares a patriarch comes after
     the run that trains it, and says so in a comment."""
@@ -214,11 +243,17 @@ def run_row(path: str | Path, label: str, seed: int) -> dict[str, Any]:
         "process": label,
         "seed": seed,
         "state": status,
-        "generation": state.get("generation"),
+        "generation": _stage_cell(state),
         "epoch": state.get("epoch"),
         "test top-1": tests[-1].get("top1") if tests else None,
         "error": (last_line or state.get("reason")) if status == "failed" else None,
     }
+
+
+def _stage_cell(state: dict[str, Any]) -> int | str | None:
+    """The stage a run reached: its generation, or ``cycle C`` for a snapshot run."""
+    index = state.get("generation")
+    return f"cycle {index}" if index is not None and state.get("stage") == "cycle" else index
 
 
 def _may_be_alive(folder: RunFolder) -> bool:

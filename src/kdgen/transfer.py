@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from kdgen.build import image_hw, load_data, load_model, resolve_device
-from kdgen.config import Config
+from kdgen.config import Config, model_of
 from kdgen.data import DeviceLoader, ImageDataset, ImageSplit, load_dataset
 from kdgen.data.split import stratified_subset
 from kdgen.errors import ConfigError, DataError
+from kdgen.policy import stage_kind
 from kdgen.precision import resolve_channels_last
 from kdgen.runs import RunFolder, atomic_write_json
 from kdgen.seeding import derive_seed
@@ -315,6 +316,20 @@ def _check_settings(
         raise ConfigError(f"max_iter={max_iter} must be at least 1")
 
 
+def _check_subsets_hold_every_class(
+    target: ImageDataset, train_subset: int | None, test_subset: int | None
+) -> None:
+    """A stratified subset smaller than the classes leaves some out: the probe would never
+    learn them, or the test would never ask for them."""
+    for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None and value < target.num_classes:
+            raise ConfigError(
+                f"{name}={value} is smaller than the {target.num_classes} classes of "
+                f"{target.name}, so some classes would be left out; take at least "
+                f"{target.num_classes} images (or all: leave it unset)"
+            )
+
+
 def _subset(split: ImageSplit, size: int | None, seed: int) -> ImageSplit:
     return split if size is None else stratified_subset(split, size, seed)
 
@@ -354,7 +369,7 @@ def transfer_run(
     batch_size: int = 500,
     classifier: str = "auto",
 ) -> dict[str, Any]:
-    """Linear-probe every saved generation of a run on the data set ``data``.
+    """Linear-probe every saved generation (or snapshot cycle) of a run on ``data``.
 
     ``options`` go to the data set's loader (the synthetic set's generator arguments, e.g.
     ``{"seed": 1, "train_per_class": 20}``); ``train_subset``/``test_subset`` take stratified
@@ -367,9 +382,15 @@ def transfer_run(
         raise ConfigError(f"classifier='{classifier}' must be one of {', '.join(CLASSIFIERS)}")
     folder = RunFolder(run_dir)
     generations = folder.require_generations()
-    target = load_dataset(data, root, download, **(options or {}))
     config = folder.read_config()
-    source = load_data(config)
+    source = load_data(config)  # imports the run's modules: the target may be a user's data set
+    target = load_dataset(data, root, download, **(options or {}))
+    _check_subsets_hold_every_class(target, train_subset, test_subset)
+    if not hasattr(source, "image_size"):
+        raise ConfigError(
+            f"kdgen transfer probes models of images; the data of {folder.path} "
+            f"({config.data.name}) are not images of one size"
+        )
     torch_device = resolve_device(device)
     adapter = InputAdapter(
         source.in_channels,
@@ -382,10 +403,13 @@ def transfer_run(
     loaders = _loaders(target, train, test, batch_size, torch_device)
     settings = {"C": C, "max_iter": max_iter, "classifier": classifier}
     result = _header(data, config, target, train, test, adaptation, settings, seed)
+    kind = stage_kind(config)
     for generation in generations:
         model = load_model(folder, config, source, generation, torch_device)
+        name = model_of(config, generation)
         entry, probe, dim = _probe_generation(model, loaders, adapter, settings)
-        result["generations"].append({"generation": generation, **entry})
+        entry = {"generation": generation, "stage": kind, "model": name, **entry}
+        result["generations"].append(entry)
         result["classifier"], result["feature_dim"] = probe.classifier, dim
         del model
     atomic_write_json(transfer_path(folder.path, data), result)

@@ -4,8 +4,9 @@ An in-memory set (:class:`ImageDataset`: synthetic, CIFAR, Fashion-MNIST) and an
 folder read as it is used (``imagefolder``) give a run the same interface: class names,
 channels and size, :meth:`~kdgen.data.loading.DataSource.class_hierarchy` and
 :meth:`~kdgen.data.loading.DataSource.run_loaders`. A new data set is one loader function
-``f(request) -> DataSource`` plus one entry in ``_LOADERS``; its own options, if any, are
-the config's ``data.<name>`` section (e.g. ``data.synthetic``, ``data.imagefolder``).
+``f(request) -> DataSource`` under ``@register_dataset("name")`` (kdgen's own and a user's
+alike, the user's from a module named in the config's ``imports``); kdgen's own options,
+if any, are the config's ``data.<name>`` section (``data.synthetic``, ``data.imagefolder``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kdgen.data.base import ImageDataset
 from kdgen.data.loading import DataSource, Loader, LoaderSettings
 from kdgen.data.split import ImageSplit, stratified_split, stratified_subset
 from kdgen.data.tensors import Augment, DeviceLoader
+from kdgen.data.torch_data import TorchData
 from kdgen.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,9 +35,11 @@ __all__ = [
     "Loader",
     "LoaderSettings",
     "SourceRequest",
+    "TorchData",
     "list_datasets",
     "load_dataset",
     "load_source",
+    "register_dataset",
     "stratified_split",
     "stratified_subset",
 ]
@@ -55,30 +59,53 @@ class SourceRequest:
     hierarchy_file: str | None = None
 
 
+SourceLoader = Callable[[SourceRequest], DataSource]
+
+_LOADERS: dict[str, SourceLoader] = {}
+
+
+def register_dataset(name: str) -> Callable[[SourceLoader], SourceLoader]:
+    """Return a decorator that registers a loader ``f(request: SourceRequest) -> DataSource``
+    (e.g. an :class:`ImageDataset`) as the data set ``name``: ``data.name=<name>``."""
+
+    def decorator(loader: SourceLoader) -> SourceLoader:
+        if name in _LOADERS:
+            raise ValueError(f"data set name {name!r} is registered twice")
+        _LOADERS[name] = loader
+        return loader
+
+    return decorator
+
+
+@register_dataset("synthetic")
 def _synthetic(request: SourceRequest) -> ImageDataset:
     from kdgen.data.synthetic import make_synthetic
 
     return make_synthetic(**request.options)
 
 
+@register_dataset("cifar100")
 def _cifar100(request: SourceRequest) -> ImageDataset:
     from kdgen.data.cifar import load_cifar100
 
     return load_cifar100(request.root, download=request.download)
 
 
+@register_dataset("cifar10")
 def _cifar10(request: SourceRequest) -> ImageDataset:
     from kdgen.data.cifar import load_cifar10
 
     return load_cifar10(request.root, download=request.download)
 
 
+@register_dataset("fashion-mnist")
 def _fashion_mnist(request: SourceRequest) -> ImageDataset:
     from kdgen.data.fashion_mnist import load_fashion_mnist
 
     return load_fashion_mnist(request.root)
 
 
+@register_dataset("imagefolder")
 def _imagefolder(request: SourceRequest) -> DataSource:
     from kdgen.data.imagefolder import load_image_folder
 
@@ -93,25 +120,17 @@ def _imagefolder(request: SourceRequest) -> DataSource:
     )
 
 
-_LOADERS: dict[str, Callable[[SourceRequest], DataSource]] = {
-    "synthetic": _synthetic,
-    "cifar100": _cifar100,
-    "cifar10": _cifar10,
-    "fashion-mnist": _fashion_mnist,
-    "imagefolder": _imagefolder,
-}
-
-
 def list_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
-def _loader(name: str) -> Callable[[SourceRequest], DataSource]:
+def _loader(name: str) -> SourceLoader:
     if name not in _LOADERS:
         close = difflib.get_close_matches(name, list_datasets(), n=3, cutoff=0.4)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"unknown data set '{name}'{hint} (available: {', '.join(list_datasets())})"
+            f"unknown data set '{name}'{hint} (available: {', '.join(list_datasets())}; "
+            "your own: @kdgen.register_dataset in a module named in imports)"
         )
     return _LOADERS[name]
 

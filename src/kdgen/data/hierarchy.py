@@ -168,8 +168,10 @@ class Hierarchy:
     ) -> Hierarchy:
         """Read a JSON object mapping each node to its parent (a string, or null for a
         root). Each class must be a key. Its parents may have parents of their own (a tree),
-        or none (the parents are then coarse labels: a two-level hierarchy)."""
-        parents = _read_json_parents(Path(path))
+        or none (the parents are then coarse labels: a two-level hierarchy). A class mapped
+        to its own name (``"bag": "bag"``) has a coarse label of that name: a node of its
+        own (see :func:`_separate_coarse_twins`), not a cycle."""
+        parents, labels = _separate_coarse_twins(_read_json_parents(Path(path)), class_names)
         missing = [name for name in class_names if name not in parents]
         if missing:
             raise DataError(
@@ -177,7 +179,7 @@ class Hierarchy:
                 'add a \'"class": "parent"\' entry for each'
             )
         try:
-            hierarchy = cls(parents, class_names, coarse_depth)
+            hierarchy = cls(parents, class_names, coarse_depth, labels)
         except DataError as error:
             raise DataError(f"{path}: {error}") from None
         unknown = _unused_nodes(hierarchy, parents)
@@ -187,6 +189,30 @@ class Hierarchy:
                 "data set nor an ancestor of one); fix or remove them"
             )
         return hierarchy
+
+
+COARSE_TWIN_SUFFIX = " (coarse)"
+"""Appended to the node name of a coarse label that has a class's name."""
+
+
+def _separate_coarse_twins(
+    parents: dict[str, str | None], class_names: list[str]
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """Parents in which each class mapped to itself (``"bag": "bag"``, a class whose coarse
+    label has its name) hangs from a node of its own, ``"bag (coarse)"``, as does every
+    entry that names ``"bag"`` as its parent; and the readable labels of those nodes."""
+    twins = [name for name in class_names if parents.get(name) == name]
+    renamed: dict[str, str] = {}
+    for name in twins:
+        node = name + COARSE_TWIN_SUFFIX
+        while node in parents or node in renamed.values():
+            node += COARSE_TWIN_SUFFIX
+        renamed[name] = node
+    separated = {
+        node: renamed.get(parent, parent) if isinstance(parent, str) else parent
+        for node, parent in parents.items()
+    }
+    return separated, {node: name for name, node in renamed.items()}
 
 
 def _normalise_parents(parents: Mapping[str, str | None]) -> dict[str, str | None]:

@@ -11,30 +11,47 @@ given by the caller). A validation split for selection is carved out of train/ b
 in-memory sets' rule (:func:`kdgen.data.split.stratified_indices`). Training images get a
 random-resized crop and a flip, evaluation images a resize to ``size * 256 / 224`` and a
 centre crop (ImageNet's recipe); both are normalised on the CPU workers.
-:class:`FolderLoader` serves the batches with the interface of
-:class:`~kdgen.data.tensors.DeviceLoader`.
+:class:`~kdgen.data.dataset_loader.DatasetLoader` serves the batches: their order and the
+random crops and flips are a pure function of (seed, generation, epoch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from kdgen.data.dataset_loader import DatasetLoader
 from kdgen.data.hierarchy import Hierarchy, looks_like_wnids, wordnet_hierarchy
 from kdgen.data.loading import LoaderSettings
-from kdgen.data.split import stratified_indices
+from kdgen.data.split import stratified_choice, stratified_indices
 from kdgen.errors import ConfigError, DataError
-from kdgen.seeding import seeded_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_DEFAULT_WORKERS = 4
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it), the
+    number torch's DataLoader compares its workers with."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """``data.imagefolder.workers=null``: 4 DataLoader workers, or one per usable core
+    when there are fewer (more workers than cores only contend, and torch warns)."""
+    return min(MAX_DEFAULT_WORKERS, usable_cores())
 
 
 def train_transform(
@@ -101,169 +118,6 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
-def shard_batches(
-    count: int,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator | None = None,
-    shard: tuple[int, int] = (0, 1),
-) -> list[list[int]]:
-    """The batches of indices one rank reads in one epoch.
-
-    The order is a seeded permutation when ``shuffle`` (partial last global batch dropped),
-    else ``0..count-1`` (kept). Each global batch of ``batch_size * world`` indices is cut
-    into ``world`` consecutive slices, rank ``r`` taking slice ``r``: the ranks' batches
-    together are exactly the single-process batches of ``batch_size * world`` (as
-    :class:`~kdgen.data.tensors.DeviceLoader` does). Empty trailing slices are left out.
-    """
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise DataError(f"shard=({rank}, {world}) needs 0 <= rank < world")
-    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    global_batch = batch_size * world
-    steps = count // global_batch if shuffle else -(-count // global_batch)
-    batches = []
-    for step in range(steps):
-        start = step * global_batch + rank * batch_size
-        local = order[start : min(start + batch_size, (step + 1) * global_batch)]
-        if len(local):
-            batches.append(local.tolist())
-    return batches
-
-
-class EpochBatches:
-    """A batch sampler: this rank's batches of one epoch, from a permutation that is a
-    pure function of (seed, generation, epoch) when ``shuffle``; set :attr:`epoch` first."""
-
-    def __init__(
-        self,
-        count: int,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        generation: int,
-        shard: tuple[int, int],
-    ) -> None:
-        self.count, self.batch_size, self.shuffle = count, batch_size, shuffle
-        self.seed, self.generation, self.shard = seed, generation, shard
-        self.epoch = 0
-        self._cache: tuple[tuple[int, int], list[list[int]]] | None = None
-
-    def batches(self) -> list[list[int]]:
-        key = (self.generation, self.epoch)
-        if self._cache is None or self._cache[0] != key:
-            generator = seeded_generator("stream", self.seed, self.generation, self.epoch)
-            batches = shard_batches(
-                self.count,
-                self.batch_size,
-                shuffle=self.shuffle,
-                generator=generator,
-                shard=self.shard,
-            )
-            self._cache = (key, batches)
-        return self._cache[1]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
-
-    def __len__(self) -> int:
-        return len(self.batches())
-
-
-class FolderLoader:
-    """Batches of images read from disk by DataLoader workers, moved to ``device``.
-
-    The interface of :class:`~kdgen.data.tensors.DeviceLoader`: ``device``,
-    :meth:`set_epoch`, ``len()`` and iteration over ``(images, labels)`` (float32
-    normalised images, channels_last when asked, int64 labels, both on the device).
-    With ``shuffle`` the order of an epoch is a pure function of (seed, generation, epoch,
-    shard) via :func:`kdgen.seeding.seeded_generator`; the partial last batch is dropped.
-    The random crops and flips are drawn by the workers' own generators and are not.
-    With ``shard=(rank, world)`` each rank reads its share (see :func:`shard_batches`).
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        device: torch.device | str = "cpu",
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        generation: int = 0,
-        channels_last: bool = True,
-        workers: int = 4,
-        shard: tuple[int, int] = (0, 1),
-    ) -> None:
-        if batch_size < 1:
-            raise DataError(f"batch_size={batch_size} must be at least 1")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.shuffle = shuffle
-        self.channels_last = channels_last
-        self.sampler = EpochBatches(
-            len(dataset),  # type: ignore[arg-type]
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            generation=generation,
-            shard=shard,
-        )
-        self.loader = DataLoader(
-            dataset,
-            batch_sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
-        )
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
-
-    def set_generation(self, generation: int) -> None:
-        """Draw the stream (order) of this generation; see ``DeviceLoader.set_generation``."""
-        self.sampler.generation = generation
-
-    def batches(self) -> list[list[int]]:
-        """This rank's batches of dataset indices for the current epoch."""
-        return self.sampler.batches()
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        try:
-            for images, labels in self.loader:
-                images = images.to(self.device, non_blocking=True)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                yield images, labels.to(self.device, non_blocking=True)
-        except DataError as error:  # from a worker: keep the original one-line message
-            self.close()
-            raise DataError(_last_line(str(error))) from None
-
-    def close(self) -> None:
-        """Stop the persistent workers now (they stop by themselves when the loader is
-        garbage collected); the next iteration starts new ones."""
-        iterator = getattr(self.loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-        self.loader._iterator = None
-
-
-def _last_line(message: str) -> str:
-    line = message.strip().splitlines()[-1] if message.strip() else message
-    prefix = f"{DataError.__module__}.{DataError.__name__}: "
-    return line.removeprefix(prefix)
-
-
 @dataclass
 class FolderData:
     """A folder data set: the splits as ``Subset``s of torchvision ``ImageFolder``s (no
@@ -278,7 +132,7 @@ class FolderData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hierarchy: Hierarchy | None = None
-    workers: int = 4
+    workers: int = MAX_DEFAULT_WORKERS
 
     @property
     def num_classes(self) -> int:
@@ -298,7 +152,7 @@ class FolderData:
         channels_last: bool = True,
         shard: tuple[int, int] = (0, 1),
         train_eval: tuple[int, int] = (0, 0),
-    ) -> tuple[FolderLoader, dict[str, FolderLoader]]:
+    ) -> tuple[DatasetLoader, dict[str, DatasetLoader]]:
         """The shuffled, augmented training loader and the evaluation loaders: ``"val"``
         (only when a validation split was held out), ``"test"`` and, when ``train_eval`` =
         (at most this many images, seed) asks for it, ``"train_eval"``: a stratified subset
@@ -317,10 +171,10 @@ class FolderData:
         }
         augment = train_transform(self.image_size, self.mean, self.std)
         evaluate = eval_transform(self.image_size, self.mean, self.std)
-        train = FolderLoader(Transformed(self.train, augment), batch_size, shuffle=True, **common)
+        train = DatasetLoader(Transformed(self.train, augment), batch_size, shuffle=True, **common)
         splits = {"val": self.val, "test": self.test, "train_eval": self._train_eval(*train_eval)}
         evals = {
-            name: FolderLoader(Transformed(split, evaluate), eval_batch_size, **common)
+            name: DatasetLoader(Transformed(split, evaluate), eval_batch_size, **common)
             for name, split in splits.items()
             if split is not None
         }
@@ -332,7 +186,7 @@ class FolderData:
         if most >= len(self.train):
             return self.train
         labels = torch.tensor([self.train.dataset.targets[i] for i in self.train.indices])
-        _, chosen = stratified_indices(labels, most, seed)
+        chosen = stratified_choice(labels, most, seed)
         return Subset(self.train.dataset, [self.train.indices[i] for i in chosen.tolist()])
 
     def class_hierarchy(self, hierarchy_file: str | None = None) -> Hierarchy | None:
@@ -340,7 +194,9 @@ class FolderData:
         WordNet); see :func:`load_image_folder`."""
         return self.hierarchy
 
-    def run_loaders(self, settings: LoaderSettings) -> tuple[FolderLoader, dict[str, FolderLoader]]:
+    def run_loaders(
+        self, settings: LoaderSettings
+    ) -> tuple[DatasetLoader, dict[str, DatasetLoader]]:
         """:meth:`loaders` for one run; the validation split was held out at indexing."""
         if settings.train_subset is not None:
             raise ConfigError("data.train_subset is not supported for imagefolder data")
@@ -363,7 +219,7 @@ def load_image_folder(
     image_size: int = 224,
     val_size: int = 0,
     seed: int = 0,
-    workers: int = 4,
+    workers: int | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
     hierarchy_file: str | Path | None = None,
@@ -373,7 +229,8 @@ def load_image_folder(
 
     The hierarchy is read from ``hierarchy_file`` (see :meth:`Hierarchy.from_json`) when
     given, else from WordNet when the class names are WordNet ids (None, with a warning,
-    when WordNet is not installed), else None.
+    when WordNet is not installed), else None (with a warning: Dist^C and Dist^S are then
+    null). ``workers`` None is :func:`default_workers`.
     """
     root = Path(root).expanduser()
     if image_size < 1 or len(mean) != 3 or len(std) != 3:
@@ -397,7 +254,7 @@ def load_image_folder(
         mean=tuple(mean),
         std=tuple(std),
         hierarchy=_hierarchy(names, hierarchy_file),
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
     )
 
 
@@ -442,4 +299,9 @@ def _hierarchy(names: list[str], hierarchy_file: str | Path | None) -> Hierarchy
         return Hierarchy.from_json(hierarchy_file, names)
     if looks_like_wnids(names):
         return wordnet_hierarchy(names)
+    warnings.warn(
+        "imagefolder: no class hierarchy for these class names, so Dist^C/Dist^S are null; "
+        'give one with data.hierarchy=FILE.json ({"class": "parent or coarse label", ...})',
+        stacklevel=3,
+    )
     return None

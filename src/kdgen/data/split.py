@@ -84,9 +84,17 @@ def stratified_split(split: ImageSplit, val_size: int, seed: int) -> tuple[Image
     return split.subset(train_index), split.subset(val_index)
 
 
+def stratified_choice(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """The sorted indices of a stratified random subset of ``size`` items chosen by ``seed``
+    (the held-out part of :func:`stratified_indices`); every index when ``size`` is not
+    smaller than the set."""
+    if size >= len(labels):
+        return torch.arange(len(labels))
+    return stratified_indices(labels, size, seed)[1]
+
+
 def stratified_subset(split: ImageSplit, size: int, seed: int) -> ImageSplit:
     """A stratified random subset of ``size`` images (for training on part of a data set)."""
     if size >= len(split):
         return split
-    _, subset = stratified_split(split, size, seed)
-    return subset
+    return split.subset(stratified_choice(split.labels, size, seed))

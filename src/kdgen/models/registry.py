@@ -18,8 +18,11 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
@@ -28,11 +31,14 @@ from kdgen.models.layers import check_positive_int, kaiming_init
 __all__ = [
     "ModelFactory",
     "PrefixSource",
+    "Pretrained",
     "build",
     "check_positive_int",
     "get_factory",
+    "hub_cache_file",
     "kaiming_init",
     "prefix_sources",
+    "pretrained_weights",
     "register_model",
     "register_prefix",
     "registered_names",
@@ -44,7 +50,27 @@ ModelFactory = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, ModelFactory] = {}
 
-SEE_ALSO = "(see: kdgen models)"
+SEE_ALSO = "(see: kdgen models; your own: @kdgen.register_model in a module named in imports)"
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """A library's pretrained weights of one model. ``file``: where its cache holds them on
+    this machine (None: not there; ``expected`` says where they were looked for). The model
+    classifies ``num_classes`` classes of ``in_channels``-channel images, and
+    ``build(state_dict, **model_args)`` makes it, with the kdgen interface, from them."""
+
+    kind: str
+    num_classes: int
+    in_channels: int
+    file: Path | None
+    expected: str
+    build: Callable[..., nn.Module]
+
+
+def hub_cache_file(url: str) -> Path:
+    """Where torch hub's cache (``TORCH_HOME/hub/checkpoints``) keeps the file of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
 @dataclass(frozen=True)
@@ -54,7 +80,8 @@ class PrefixSource:
     ``create(name, num_classes, in_channels, **args)`` builds one (``name`` without the
     prefix); ``names()`` lists them (it may raise ConfigError when the library is missing);
     ``description`` is the line ``kdgen models`` prints for the source, ``available()``
-    whether its library is installed and ``install`` how to install it when it is not.
+    whether its library is installed and ``install`` how to install it when it is not;
+    ``pretrained(name)`` describes the library's pretrained weights of ``name``.
     """
 
     prefix: str
@@ -63,6 +90,7 @@ class PrefixSource:
     description: str
     available: Callable[[], bool] = lambda: True
     install: str = ""
+    pretrained: Callable[[str], Pretrained] | None = None
 
 
 _PREFIXES: dict[str, PrefixSource] = {}
@@ -97,6 +125,16 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
         return factory
 
     return decorator
+
+
+def pretrained_weights(name: str) -> Pretrained:
+    """The pretrained weights of a prefixed library model (``tv:<name>``, ``timm:<name>``)."""
+    for prefix, source in _PREFIXES.items():
+        if name.startswith(prefix) and source.pretrained is not None:
+            return source.pretrained(name[len(prefix) :])
+    raise ConfigError(
+        f"{name} is no library model with pretrained weights (tv:<name>, timm:<name>)"
+    )
 
 
 def _natural_key(name: str) -> list[str | int]:

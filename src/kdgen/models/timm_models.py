@@ -12,13 +12,21 @@ Model arguments (the config's ``model_args``) go to ``timm.create_model``, e.g.
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import PrefixSource, register_prefix, unknown_with_suggestions
+from kdgen.models.registry import (
+    PrefixSource,
+    Pretrained,
+    hub_cache_file,
+    register_prefix,
+    unknown_with_suggestions,
+)
 
 PREFIX = "timm:"
 
@@ -71,12 +79,18 @@ def timm_names() -> list[str]:
     return list(_import_timm("<name>").list_models())
 
 
-def create_timm_model(name: str, num_classes: int, in_channels: int, **args: object) -> nn.Module:
-    """Build timm's ``name`` (no pretrained weights) as a :class:`TimmClassifier`."""
+def _timm_model(name: str) -> ModuleType:
+    """timm, once ``name`` is known to be one of its models."""
     timm = _import_timm(name)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise unknown_with_suggestions("timm model", PREFIX + name, [PREFIX + c for c in close])
+    return timm
+
+
+def create_timm_model(name: str, num_classes: int, in_channels: int, **args: object) -> nn.Module:
+    """Build timm's ``name`` (no pretrained weights) as a :class:`TimmClassifier`."""
+    timm = _timm_model(name)
     try:
         model = timm.create_model(
             name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **args
@@ -89,6 +103,57 @@ def create_timm_model(name: str, num_classes: int, in_channels: int, **args: obj
     return TimmClassifier(model)
 
 
+def _cached_weights(cfg: Any) -> tuple[Path | None, str]:
+    """Where timm's pretrained weights of ``cfg`` are on this machine (the Hugging Face
+    cache, or torch hub's for older URL weights), else None and where they were looked for."""
+    places = []
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else HF_WEIGHT_FILES
+        for filename in names:
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found), ""
+        places.append(
+            f"{cfg.hf_hub_id}/{names[0]} in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        )
+    if cfg.url:
+        file = hub_cache_file(cfg.url)
+        if file.is_file():
+            return file, ""
+        places.append(f"{file} (torch hub's cache)")
+    return None, " or ".join(places)
+
+
+# The files timm reads from a Hugging Face repository, in its order.
+HF_WEIGHT_FILES = ["model.safetensors", "pytorch_model.bin"]
+
+
+def pretrained_timm(name: str) -> Pretrained:
+    """timm's default pretrained weights of ``name`` (``name.tag`` for another tag), from
+    the caches timm downloads to; built by timm with them (its own key filters, strict)."""
+    timm = _timm_model(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url) or not cfg.num_classes:
+        raise ConfigError(f"{PREFIX}{name} has no pretrained classifier weights in timm")
+    classes, channels = int(cfg.num_classes), int(cfg.input_size[0])
+
+    def build(state: dict[str, torch.Tensor], **args: object) -> nn.Module:
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            pretrained_cfg_overlay={"state_dict": state, "source": None},
+            num_classes=classes,
+            in_chans=channels,
+            **args,
+        )
+        return TimmClassifier(model)
+
+    file, expected = _cached_weights(cfg)
+    return Pretrained("timm", classes, channels, file, expected, build)
+
+
 register_prefix(
     PrefixSource(
         PREFIX,
@@ -97,5 +162,6 @@ register_prefix(
         "any timm model, e.g. timm:resnet18",
         timm_available,
         "pip install 'kdgen[timm]'",
+        pretrained=pretrained_timm,
     )
 )

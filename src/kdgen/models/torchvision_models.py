@@ -7,15 +7,31 @@ computes exactly what that Linear received: the penultimate features. For ``in_c
 the first ``nn.Conv2d`` with 3 input channels is swapped for a fresh one with the same
 hyper-parameters and the requested number of input channels. Model arguments (the config's
 ``model_args``) go to ``get_model``, e.g. ``{dropout: 0.2}`` for ``tv:efficientnet_b0``.
+
+``model_args.weights`` (``DEFAULT``, ``IMAGENET1K_V1``, ... or the full enum name) starts
+the body from torchvision's pretrained weights, read from torch hub's cache
+(``$TORCH_HOME/hub/checkpoints``): a run never downloads, and weights that are not there
+are refused naming the key. The classifier is then a fresh ``nn.Linear`` for
+``num_classes`` (whatever the class count, so every data set gets a new head), and so is a
+swapped input convolution.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdgen.errors import ConfigError
-from kdgen.models.registry import PrefixSource, register_prefix, unknown_name_error
+from kdgen.models.registry import (
+    PrefixSource,
+    Pretrained,
+    hub_cache_file,
+    register_prefix,
+    unknown_name_error,
+)
 
 PREFIX = "tv:"
 # Models whose auxiliary classifiers would make the training-mode output a tuple.
@@ -83,33 +99,109 @@ class TorchvisionClassifier(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def create_torchvision_model(
-    name: str, num_classes: int, in_channels: int, **args: object
-) -> nn.Module:
-    """Build torchvision's ``name`` (no weights) as a :class:`TorchvisionClassifier`;
-    ``args`` go to ``torchvision.models.get_model``."""
-    import torchvision
+def cached_weights_file(weights: Any) -> Path:
+    """Where torch hub keeps the file of torchvision ``weights`` (a ``WeightsEnum``)."""
+    return hub_cache_file(weights.url)
 
+
+def local_weights(name: str, value: object) -> Any:
+    """The torchvision weights that ``model_args.weights=value`` names for model ``name``,
+    refused (ConfigError naming the key) unless their file is in torch hub's cache."""
+    from torchvision.models import get_model_weights
+
+    choices = get_model_weights(name)
+    short = str(value).removeprefix(f"{choices.__name__}.")
+    if short not in choices.__members__:
+        raise ConfigError(
+            f"model_args.weights={value}: {PREFIX}{name} has weights "
+            f"{', '.join(choices.__members__)} (or null: none)"
+        )
+    weights = choices[short]
+    path = cached_weights_file(weights)
+    if not path.is_file():
+        raise ConfigError(
+            f"model_args.weights={value}: the weights of {PREFIX}{name} are not on this machine "
+            f"({path}); kdgen does not download during a run: fetch {weights.url} into "
+            f"{path.parent} (TORCH_HOME sets where), or drop model_args.weights"
+        )
+    return weights
+
+
+def _check_name(name: str) -> None:
     names = torchvision_names()
     if name not in names:
         candidates = [PREFIX + n for n in names]
         raise unknown_name_error("torchvision model", PREFIX + name, candidates)
-    kwargs: dict[str, object] = {**args, "weights": None, "num_classes": num_classes}
+
+
+def create_torchvision_model(
+    name: str, num_classes: int, in_channels: int, **args: object
+) -> nn.Module:
+    """Build torchvision's ``name`` as a :class:`TorchvisionClassifier`; ``args`` go to
+    ``torchvision.models.get_model``, except ``weights`` (see the module's docstring)."""
+    import torchvision
+
+    _check_name(name)
+    value = args.pop("weights", None)
+    weights = None if value is None else local_weights(name, value)
+    kwargs: dict[str, object] = {**args, "weights": weights}
+    if weights is None:
+        kwargs["num_classes"] = num_classes
     if name in _NO_AUX:
         kwargs["aux_logits"] = False
-        kwargs["init_weights"] = True
+        if weights is None:
+            kwargs["init_weights"] = True
     try:
         model = torchvision.models.get_model(name, **kwargs)
-    except TypeError as error:  # an argument the model does not take
+    except (TypeError, ValueError) as error:  # an argument the model does not take
         raise ConfigError(f"{PREFIX}{name}: {error}") from None
+    except RuntimeError as error:  # a cached weights file that is cut short or corrupt
+        raise ConfigError(f"model_args.weights={value}: {PREFIX}{name}: {error}") from None
+    return as_classifier(model, name, num_classes, in_channels, new_head=weights is not None)
+
+
+def as_classifier(
+    model: nn.Module, name: str, num_classes: int, in_channels: int, new_head: bool = False
+) -> TorchvisionClassifier:
+    """torchvision's ``model`` behind the kdgen interface: its input conv adapted to
+    ``in_channels``, its final Linear moved to ``fc`` (a new one of ``num_classes`` outputs
+    if ``new_head``); ``model`` is changed in place."""
     if in_channels != 3:
         _swap_input_conv(model, in_channels, name)
     found = _last_linear(model)
-    if found is None or found[1].out_features != num_classes:
+    if found is None or (not new_head and found[1].out_features != num_classes):
         raise ConfigError(f"tv:{name} has no final nn.Linear classifier; kdgen cannot use it")
     dotted, fc = found
+    if new_head:  # a new head for this data set's classes
+        fc = nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None)
     _set_submodule(model, dotted, nn.Identity())
     return TorchvisionClassifier(model, fc)
+
+
+def pretrained_torchvision(name: str) -> Pretrained:
+    """torchvision's default pretrained weights of ``name`` with their own classifier (a
+    patriarch), in torch hub's cache; built as torchvision builds the model, loaded
+    strictly, then given the kdgen interface."""
+    import torchvision
+
+    _check_name(name)
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        raise ConfigError(f"{PREFIX}{name} has no pretrained weights in torchvision") from None
+    classes = len(weights.meta["categories"])
+    file = cached_weights_file(weights)
+
+    def build(state: dict[str, torch.Tensor], **args: object) -> nn.Module:
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=classes, **args)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{PREFIX}{name}: {error}") from None
+        model.load_state_dict(state)
+        return as_classifier(model, name, classes, 3)
+
+    expected = f"{file} (torchvision's cache: TORCH_HOME/hub/checkpoints)"
+    return Pretrained("torchvision", classes, 3, file if file.is_file() else None, expected, build)
 
 
 register_prefix(
@@ -118,5 +210,6 @@ register_prefix(
         create_torchvision_model,
         torchvision_names,
         "any torchvision classification model, e.g. tv:resnet18",
+        pretrained=pretrained_torchvision,
     )
 )

@@ -19,6 +19,7 @@ from kdgen.report.secondary import secondary_class_table
 from kdgen.report.stats import Interval, Stat, format_stat, summarize, t_interval
 from kdgen.report.tables import (
     METRIC_COLUMNS,
+    chosen_line,
     generation_rows,
     generations_table,
     markdown_table,
@@ -30,6 +31,7 @@ __all__: list[str] = [
     "Interval",
     "Run",
     "Stat",
+    "chosen_line",
     "find_runs",
     "format_stat",
     "generation_rows",

@@ -25,11 +25,19 @@ BASELINE = "D(1.0,0.0)"
 
 
 def process_label(summary: dict[str, Any]) -> str:
-    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD."""
+    """``process``, plus ``:regularizer`` for a tolerant patriarch not using TSD, plus
+    `` snapshot×C`` for a snapshot-distillation run of C cycles or `` auto`` for a run of
+    ``generations=auto``: such runs stop or train differently, so they never merge with a
+    fixed grid's runs of the same process."""
+    label = str(summary["process"])
     regularizer = summary.get("regularizer", "tsd")
     if not is_strict(summary.get("eta", 1.0)) and regularizer != "tsd":
-        return f"{summary['process']}:{regularizer}"
-    return str(summary["process"])
+        label = f"{label}:{regularizer}"
+    if summary.get("snapshot"):
+        label = f"{label} snapshot×{summary['snapshot']['cycles']}"
+    if summary.get("auto"):
+        label = f"{label} auto"
+    return label
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class Run:
         return process_label(self.summary)
 
     @property
+    def is_snapshot(self) -> bool:
+        """Whether the run's stages are snapshot cycles, not generations."""
+        return bool(self.summary.get("snapshot"))
+
+    @property
     def seed(self) -> int:
         return int(self.summary.get("seed", 0))
 
@@ -52,6 +65,16 @@ class Run:
 
     def ensemble(self, name: str) -> dict[str, Any] | None:
         return next((e for e in self.summary.get("ensembles") or [] if e["name"] == name), None)
+
+    def model_of(self, g: int) -> str | None:
+        """Generation g's model (older summaries name only the run's ``model``)."""
+        entry = self.generation(g) or {}
+        return entry.get("model") or self.summary.get("model")
+
+    @property
+    def mixed_models(self) -> bool:
+        """Whether its generations are not all one model (a student of another model)."""
+        return len({self.model_of(e["generation"]) for e in self.summary["generations"]}) > 1
 
     @property
     def records_patriarch(self) -> bool:
@@ -112,6 +135,16 @@ def group_runs(runs: Iterable[Run], baseline: str = BASELINE) -> dict[str, list[
 def generations_of(runs: Sequence[Run]) -> list[int]:
     """Every generation number found in the runs, ascending."""
     return sorted({e["generation"] for run in runs for e in run.summary["generations"]})
+
+
+def is_snapshot(runs: Sequence[Run]) -> bool:
+    """Whether the runs (of one process) train snapshot cycles, not generations."""
+    return bool(runs) and runs[0].is_snapshot
+
+
+def stage_key(runs: Sequence[Run], generation: int) -> str:
+    """How a stage is named in a table: ``2`` for a generation, ``c2`` for a cycle."""
+    return f"c{generation}" if is_snapshot(runs) else str(generation)
 
 
 def ensemble_names(runs: Sequence[Run]) -> dict[str, list[int]]:

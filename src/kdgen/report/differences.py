@@ -7,6 +7,11 @@ did). A difference is called real only where its interval excludes 0; with n = 1
 no interval and no claim. A generation 0 loaded from another process (a shared patriarch)
 is the same model, not evidence, and is shown as shared. Every table says how many of its
 intervals would exclude 0 by chance if nothing differed.
+
+Stages pair by index when both sides train the same kind of stage (generations, or snapshot
+cycles). A snapshot run against a baseline of generations pairs every cycle with the
+baseline's generation 0, the one training that costs what the whole snapshot run costs (and
+a run of generations against a snapshot baseline pairs with its last cycle).
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from kdgen.policy import is_strict
-from kdgen.report.collect import BASELINE, Run, ensemble_names, generations_of
+from kdgen.report.collect import (
+    BASELINE,
+    Run,
+    ensemble_names,
+    generations_of,
+    is_snapshot,
+    stage_key,
+)
 from kdgen.report.stats import CONFIDENCE, Interval, pair_by_seed, t_interval
 from kdgen.report.tables import Column, Table
 
@@ -32,11 +44,23 @@ def paired_differences(
     generation: int,
     column: Column,
     skip_seeds: Sequence[int] = (),
+    base_generation: int | None = None,
 ) -> list[float]:
-    """Per seed, run minus the baseline run of that seed, at one generation (seeds in both)."""
-    return pair_by_seed(
-        runs, baseline, lambda run: column.read(run.generation(generation)), skip_seeds
-    )
+    """Per seed, run minus the baseline run of that seed (seeds in both): the runs at stage
+    ``generation``, the baseline at ``base_generation`` (by default the same)."""
+    base = generation if base_generation is None else base_generation
+    values = {id(run): column.read(run.generation(generation)) for run in runs}
+    values.update({id(run): column.read(run.generation(base)) for run in baseline})
+    return pair_by_seed(runs, baseline, lambda run: values[id(run)], skip_seeds)
+
+
+def paired_stage(runs: Sequence[Run], baseline: Sequence[Run], generation: int) -> int:
+    """The baseline's stage that stage ``generation`` of ``runs`` is paired with: the same
+    index for the same kind of stage; else the baseline's one training (generation 0) for a
+    snapshot run, the baseline's last cycle for a run of generations."""
+    if is_snapshot(runs) == is_snapshot(baseline):
+        return generation
+    return max(generations_of(baseline)) if is_snapshot(baseline) else 0
 
 
 def difference_note(baseline: str) -> str:
@@ -120,30 +144,42 @@ def differences_table(
             continue
         for g in generations_of(runs):
             skip = [run.seed for run in runs if g == 0 and (label, run.seed) in shared]
+            paired = paired_stage(runs, base, g)
+            key = stage_key(runs, g)
+            if paired != g or is_snapshot(runs) != is_snapshot(base):
+                key = f"{key} vs {stage_key(base, paired)}"
             if skip and len(skip) == len(runs):
                 owners = sorted({shared[(label, seed)] for seed in skip})
                 text = f"shared with {', '.join(owners)}"
-                rows.append([label, str(g), "-", *([text, "-", "-"] * len(DIFFERENCE_COLUMNS))])
+                rows.append([label, key, "-", *([text, "-", "-"] * len(DIFFERENCE_COLUMNS))])
                 continue
-            diffs = [paired_differences(runs, base, g, c, skip) for c in DIFFERENCE_COLUMNS]
-            rows.append(_row(label, str(g), diffs))
-    return _with_chance_note(
-        Table(_headers("gen"), rows, left=1, notes=[difference_note(baseline)])
-    )
+            diffs = [
+                paired_differences(runs, base, g, c, skip, base_generation=paired)
+                for c in DIFFERENCE_COLUMNS
+            ]
+            rows.append(_row(label, key, diffs))
+    notes = [difference_note(baseline)]
+    if any(is_snapshot(runs) != is_snapshot(base) for runs in groups.values()):
+        notes.append(
+            "gen cN vs 0: snapshot cycle N minus the baseline's generation 0, the one training "
+            "that costs what the whole snapshot run costs (N vs cM: against its last cycle)."
+        )
+    return _with_chance_note(Table(_headers("gen"), rows, left=1, notes=notes))
 
 
 def ensemble_differences_table(
     groups: dict[str, list[Run]], baseline: str = BASELINE
 ) -> Table | None:
     """Per process and ensemble name, paired differences from the baseline's ensemble of
-    the same name; None when the baseline has no ensembles."""
+    the same name; None when the baseline has no ensembles. Snapshot ensembles are compared
+    only with snapshot ensembles, and generations' with generations'."""
     base = groups.get(baseline)
     names = ensemble_names(base or [])
     if not names or len(groups) < 2:
         return None
     rows = []
     for label, runs in groups.items():
-        if label == baseline:
+        if label == baseline or is_snapshot(runs) != is_snapshot(base or []):
             continue
         for name, members in ensemble_names(runs).items():
             if name not in names:

@@ -21,6 +21,7 @@ from kdgen.report.html_page import page
 from kdgen.report.secondary import per_class_table
 from kdgen.report.tables import (
     Section,
+    chosen_table,
     ensembles_table,
     fit_table,
     generations_summary_table,
@@ -53,8 +54,25 @@ def _header_lines(
     return [
         f"{len(runs)} runs: {len(groups)} processes, seeds {', '.join(map(str, seeds))}.",
         f"Data: {values('data')}; model: {values('model')}; K = {values('k')}.",
+        *_not_recorded_lines(runs),
         f"Baseline of the paired differences: {baseline}.",
         f"Regenerate: `{' '.join(command)}`",
+    ]
+
+
+def _not_recorded_lines(runs: list[Run]) -> list[str]:
+    """A warning when some runs' model or data were Python objects (``not_recorded`` in
+    their summaries): runs of equal descriptions may still differ in them."""
+    keys = {key: 0 for key in ("model", "data")}
+    for run in runs:
+        for key in run.summary.get("not_recorded") or {}:
+            keys[key] = keys.get(key, 0) + 1
+    found = [f"the {key} of {count} runs" for key, count in keys.items() if count]
+    if not found:
+        return []
+    return [
+        f"Not recorded: {' and '.join(found)} were Python objects, known here by their "
+        "descriptions alone; equal descriptions do not prove equal objects."
     ]
 
 
@@ -92,6 +110,17 @@ def _sections(groups: dict[str, list[Run]], examples: int, baseline: str) -> lis
                 "Whether each student beats its teacher (or, without teachers, the run "
                 "before it) on the same seed.",
                 steps,
+            )
+        )
+    chosen = chosen_table(groups)
+    if chosen is not None:
+        sections.append(
+            Section(
+                "Chosen on validation (mean ± sample std over seeds)",
+                "The single model and the ensemble each run chose on its validation split "
+                '(docs/method.md, "Choosing on validation"), in brackets per seed, and '
+                "their test metrics: the numbers a user who selects on validation gets.",
+                chosen,
             )
         )
     ensembles = ensembles_table(groups)

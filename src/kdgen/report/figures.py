@@ -63,7 +63,7 @@ def _plot_metric(ax: Any, groups: dict[str, list[Run]], column: Column, baseline
         ax.fill_between(gens, low, high, color=style["color"], alpha=0.15, linewidth=0)
         drawn = True
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("generation")
+    ax.set_xlabel("generation (or snapshot cycle)")
     ax.grid(True, alpha=0.3)
     if not drawn:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)

@@ -7,7 +7,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdgen.report.collect import Run, ensemble_names, generations_of, process_label
+from kdgen.report.collect import (
+    Run,
+    ensemble_names,
+    generations_of,
+    process_label,
+    stage_key,
+)
 from kdgen.report.stats import Stat, format_stat, metric, summarize
 
 
@@ -72,14 +78,21 @@ GENERATION_COLUMNS = ("test top-1", "Dist^C", "Dist^S", "mean top-1 prob")
 
 
 def generation_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per generation of a run: process, generation and its test metrics."""
+    """One row per generation of a run (``c0``, ``c1``...: snapshot cycles): process,
+    generation (with its model where the generations are not all one model) and its test
+    metrics."""
+    models = {e["generation"]: e.get("model", summary.get("model")) for e in summary["generations"]}
+    mixed = len(set(models.values())) > 1
     rows = []
     for entry in summary["generations"]:
         test = entry.get("test") or {}
+        g = entry["generation"]
+        cycle = entry.get("stage") == "cycle"
+        key = f"c{g}" if cycle else g
         rows.append(
             [
                 process_label(summary),
-                entry["generation"],
+                f"{key} ({models[g]})" if mixed else key,
                 test.get("top1"),
                 test.get("dist_c"),
                 test.get("dist_s"),
@@ -167,12 +180,20 @@ def _metric_rows(
     ]
 
 
+def _models_of(runs: Sequence[Run], g: int) -> str:
+    """Generation g's model in these runs (several joined by /, where runs differ)."""
+    return "/".join(dict.fromkeys(str(run.model_of(g)) for run in runs if run.generation(g)))
+
+
 def _per_generation(groups: dict[str, list[Run]]) -> tuple[list[list[str]], list[list[Any]]]:
-    """Key cells (process, generation) and the runs' summary entries, one row each."""
+    """Key cells (process, generation, with its model where a run's generations are not all
+    one model) and the runs' summary entries, one row each."""
     keys, entries = [], []
     for label, runs in groups.items():
+        mixed = any(run.mixed_models for run in runs)
         for g in generations_of(runs):
-            keys.append([label, str(g)])
+            key = stage_key(runs, g)
+            keys.append([label, f"{key} ({_models_of(runs, g)})" if mixed else key])
             entries.append([e for e in (run.generation(g) for run in runs) if e is not None])
     return keys, entries
 
@@ -180,10 +201,13 @@ def _per_generation(groups: dict[str, list[Run]]) -> tuple[list[list[str]], list
 def generations_summary_table(
     groups: dict[str, list[Run]], shared: dict[tuple[str, int], str] | None = None
 ) -> Table:
-    """One row per process and generation: each metric as mean ± sample std over seeds."""
+    """One row per process and generation (c0, c1, ...: snapshot cycles): each metric as
+    mean ± sample std over seeds."""
     keys, entries = _per_generation(groups)
     headers = ["process", "gen", "n", *(c.header for c in METRIC_COLUMNS)]
     notes = [SPREAD_NOTE, *_shared_notes(groups, shared or {})]
+    if any(run.is_snapshot for runs in groups.values() for run in runs):
+        notes.append("gen cN: the model at the end of snapshot cycle N.")
     return Table(headers, _metric_rows(keys, entries), left=1, notes=notes)
 
 
@@ -212,8 +236,10 @@ def ensembles_table(groups: dict[str, list[Run]]) -> Table | None:
     """One row per process and ensemble (softmax average of generations); None if none."""
     keys, entries = [], []
     for label, runs in groups.items():
+        mixed = any(run.mixed_models for run in runs)
         for name, members in ensemble_names(runs).items():
-            keys.append([label, f"{name} [{','.join(map(str, members))}]"])
+            models = f" ({', '.join(_models_of(runs, g) for g in members)})" if mixed else ""
+            keys.append([label, f"{name} [{','.join(map(str, members))}]{models}"])
             entries.append([e for e in (run.ensemble(name) for run in runs) if e is not None])
     if not keys:
         return None
@@ -242,6 +268,49 @@ def fit_table(groups: dict[str, list[Run]]) -> Table | None:
     headers = ["process", "gen", "n", *(c.header for c in FIT_COLUMNS)]
     note = "Cells: mean ± sample standard deviation (ddof = 1) over the n seeds of the row."
     return Table(headers, _metric_rows(keys, entries, FIT_COLUMNS), left=1, notes=[note])
+
+
+def chosen_table(groups: dict[str, list[Run]]) -> Table | None:
+    """Per process, the single model and the ensemble each run chose on validation
+    (``"chosen"`` in its summary), with their test metrics as mean ± sample std over
+    seeds; None when no run chose (no validation split)."""
+    keys, entries = [], []
+    for label, runs in groups.items():
+        chosen = [run.summary["chosen"] for run in runs if run.summary.get("chosen")]
+        if not chosen:
+            continue
+        picks = ",".join(str(c["generation"]) for c in chosen)
+        keys.append([label, f"single ({picks})", chosen[0]["metric"]])
+        entries.append(chosen)
+        ensembles = [c["ensemble"] for c in chosen if c.get("ensemble")]
+        if ensembles:
+            names = ",".join(e["name"] for e in ensembles)
+            keys.append([label, f"ensemble ({names})", chosen[0]["metric"]])
+            entries.append(ensembles)
+    if not keys:
+        return None
+    rows = [row[:-1] for row in _metric_rows(keys, entries)]  # no training metrics here
+    headers = ["process", "chosen (per seed)", "on", "n", *(c.header for c in METRIC_COLUMNS[:-1])]
+    note = "Cells: mean ± sample standard deviation (ddof = 1) over the n seeds of the row."
+    return Table(headers, rows, left=3, notes=[note])
+
+
+def chosen_line(summary: dict[str, Any]) -> str | None:
+    """One line on what a run chose on validation (None: it chose nothing)."""
+    chosen = summary.get("chosen")
+    if not chosen:
+        return None
+    test = (chosen.get("test") or {}).get("top1")
+    line = (
+        f"chosen on {chosen['metric']}: {chosen.get('stage', 'generation')} "
+        f"{chosen['generation']} (test top-1 {_cell(test, 4)})"
+    )
+    ensemble = chosen.get("ensemble")
+    if ensemble:
+        test = (ensemble.get("test") or {}).get("top1")
+        members = ",".join(map(str, ensemble["members"]))
+        line += f"; ensemble {ensemble['name']} [{members}] (test top-1 {_cell(test, 4)})"
+    return f"{line}. {chosen['reason']}."
 
 
 LOSS_COLUMNS = (

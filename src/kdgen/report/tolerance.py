@@ -49,7 +49,7 @@ def patriarch_curves(runs: Sequence[Run]) -> dict[str, dict[float, list[Run]]]:
     (eta = 1, the strict patriarch, in every curve)."""
     unique: dict[tuple[Any, ...], Run] = {}
     for run in runs:
-        if run.generation(0) is not None:
+        if run.generation(0) is not None and not run.is_snapshot:  # cycle 0 is no patriarch
             unique.setdefault(_key(run), run)
     strict = [run for key, run in unique.items() if key[0] == "strict"]
     curves: dict[str, dict[float, list[Run]]] = {}
