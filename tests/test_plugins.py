@@ -249,8 +249,11 @@ def test_a_logits_only_patriarch_of_another_class_count_names_both(
 
 
 @pytest.mark.slow
-def test_transfer_refuses_a_model_without_forward_features(plugins: Path, tmp_path: Path) -> None:
+def test_transfer_probes_a_model_without_forward_features_at_its_classifier_input(
+    plugins: Path, tmp_path: Path
+) -> None:
     config = _logits_only_patriarch(plugins, tmp_path, 100, "generations=0")
     run = train_generations(config)  # M_0 is evaluated only: nothing is trained
-    with pytest.raises(ConfigError, match="plugin_logits_only has no forward_features"):
-        transfer_run(run.path, "synthetic", device="cpu", train_subset=100, test_subset=100)
+    result = transfer_run(run.path, "synthetic", device="cpu", train_subset=100, test_subset=100)
+    assert result["feature_dim"] == 4  # the input of nn.Linear(4, num_classes)
+    assert [entry["model"] for entry in result["generations"]] == ["plugin_logits_only"]
