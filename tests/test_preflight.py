@@ -37,6 +37,8 @@ MISTAKES = {
     "validation split too large": ("data.val_size=5000", "data.val_size=5000"),
     "k above the classes": ("data.synthetic.train_per_class=8 k=101", "k=101 exceeds"),
     "hierarchy file": ("data.hierarchy={tmp}/tree.json", "tree.json"),
+    "user module": ("imports=[kdgen_no_such_module]", "kdgen_no_such_module"),
+    "student model": ("student_model=ResNet20", "did you mean: resnet20"),
 }
 
 
