@@ -24,6 +24,7 @@ from kdgen.config import (
     ScheduleConfig,
     cycle_epochs,
     effective_lr,
+    flatten_config,
     max_generation,
     schedule_for,
     to_dict,
@@ -255,16 +256,6 @@ _NOT_PATRIARCH_SHAPING = {
 _NUMERICS_SETTINGS = {"precision", "amp", "channels_last"}
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def patriarch_identity(config: Config, numerics: Numerics) -> dict[str, Any]:
     """Everything that shapes generation 0 of ``config`` trained in ``numerics``: model,
     data (name, subset, split, augmentation, batch), seed, the resolved precision and
@@ -272,7 +263,7 @@ def patriarch_identity(config: Config, numerics: Numerics) -> dict[str, Any]:
     skipped = _NOT_PATRIARCH_SHAPING | _NUMERICS_SETTINGS
     values = {
         key: value
-        for key, value in _flat(to_dict(config)).items()
+        for key, value in flatten_config(to_dict(config)).items()
         if not {key, key.split(".")[0]} & skipped
     }
     values.update(numerics.record())
